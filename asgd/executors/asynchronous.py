@@ -1,0 +1,91 @@
+"""The asynchronous worker loop shared by sequential, lock, hogwild and leashed.
+
+The algorithms differ only in the store's synchronisation (see asgd.store):
+each worker repeats
+  1. take a minibatch ticket,
+  2. acquire a snapshot (version t_read) and compute the gradient on it,
+  3. release the snapshot once the gradient is ready (JAX reads zero-copy
+     inputs asynchronously, so the snapshot must outlive the computation),
+  4. ``store.update(gradient leaves, scales, t_read, persistence)``, which
+     applies ``x <- x + scales[tau] * g`` with the staleness tau of each
+     attempt, retrying a failed CAS up to ``persistence`` times (leashed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import numpy as np
+
+from asgd.executors.base import Tickets, WorkerLog
+
+
+class LiveScales:
+    """The step-size table the workers read, refreshed from observed staleness.
+
+    ``array[tau]`` is the signed multiplier of the raw gradient (``-alpha(tau)``);
+    workers read the attribute once per update, and the monitor swaps in a new
+    array when the schedule's state changes (online TAIL-tau, fitted models),
+    so a refresh lags by at most one logging interval.
+    """
+
+    def __init__(self, schedule):
+        self.schedule = schedule
+        self.array = np.ascontiguousarray(schedule.table(), np.float32)
+
+    def observe(self, staleness: np.ndarray) -> None:
+        if self.schedule.observe(staleness):
+            self.array = np.ascontiguousarray(self.schedule.table(), np.float32)
+
+    def alpha_table(self) -> list[float]:
+        return self.schedule.alpha_table()
+
+
+def worker_loop(problem, batches, store, tickets: Tickets, log: WorkerLog,
+                scales: LiveScales, persistence: int) -> None:
+    """Run one asynchronous worker until ``tickets`` says stop."""
+    grad_fn = problem.grad_fn
+    while (i := tickets.take()) is not None:
+        x, y = batches.get(i)
+        start = time.perf_counter()
+        with store.acquire() as snapshot:
+            loss, grads = grad_fn(snapshot.array, x, y)
+            leaves = jax.block_until_ready(jax.tree.leaves(grads))
+            t_read = snapshot.version
+        loss = float(loss)
+        log.compute_s.append(time.perf_counter() - start)
+        log.loss.append(loss)
+        if not math.isfinite(loss):
+            tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
+        if tickets.stopped:
+            log.discarded += 1
+            tickets.finish(False)
+            return
+        result = store.update([np.asarray(leaf) for leaf in leaves], scales.array, t_read,
+                              persistence)
+        log.attempts.append(result.attempts)
+        if result.applied:
+            log.staleness.append(result.staleness)
+        else:
+            log.dropped += 1
+        tickets.finish(result.applied, after_stop=tickets.stopped)
+
+
+def run_async(cfg, problem, writer, store, schedule, threads: int, persistence: int) -> dict:
+    """Run ``threads`` asynchronous workers over ``store``; returns the summary."""
+    from functools import partial
+
+    from asgd.data import Batches
+    from asgd.executors.base import Monitor, StopConfig, run_threads
+
+    batches = Batches(problem.train, cfg.batch_size, cfg.seed)
+    stop = StopConfig.of(cfg, batches.per_epoch)
+    tickets = Tickets(stop.num_updates, stop.max_batches)
+    logs = [WorkerLog() for _ in range(threads)]
+    scales = LiveScales(schedule)
+    monitor = Monitor(cfg, problem, store, tickets, logs, writer, stop, scales)
+    run_threads([partial(worker_loop, problem, batches, store, tickets, log, scales, persistence)
+                 for log in logs], monitor)
+    return monitor.summary()

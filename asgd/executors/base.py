@@ -1,0 +1,267 @@
+"""What every executor shares: stop conditions, the worker log, the monitor.
+
+An executor runs worker threads over one parameter store. The main thread is
+the *monitor*: it polls the workers' logs, writes metrics.jsonl, evaluates a
+consistent snapshot every ``eval_every`` updates without stopping the
+workers, enforces the wall-clock budget and target loss, and finally writes
+summary.json.
+
+Stopping. ``Tickets`` hands out minibatch numbers and is the one place that
+decides to stop. With ``num_updates`` it hands a ticket only while
+``applied + in_flight < num_updates``, so exactly ``num_updates`` updates are
+applied (a dropped update frees its ticket for another). ``epochs`` caps the
+minibatches handed out. On a wall-clock, target-loss or divergence stop, a
+worker that finishes its gradient afterwards discards it; a worker already
+inside ``store.update`` when the flag is raised still applies its update, so
+at most ``threads`` updates land after such a stop (counted in
+``applied_after_stop``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from asgd import metrics
+
+POLL_S = 0.01
+
+
+class Tickets:
+    """Hands out minibatch numbers; counts applied updates; decides the stop."""
+
+    def __init__(self, num_updates: int = 0, max_batches: int = 0):
+        self.num_updates, self.max_batches = num_updates, max_batches
+        self._lock = threading.Lock()
+        self.next_batch = self.applied = self.in_flight = 0
+        self.applied_after_stop = 0
+        self.stop_reason: str | None = None
+
+    def take(self, count: int = 1) -> int | None:
+        """First of ``count`` consecutive minibatch numbers, or None to stop."""
+        with self._lock:
+            if self.stop_reason is None:
+                if self.num_updates and self.applied + self.in_flight >= self.num_updates:
+                    if self.in_flight == 0:
+                        self.stop_reason = "num_updates"
+                    return None
+                if self.max_batches and self.next_batch + count > self.max_batches:
+                    self.stop_reason = "epochs"
+                    return None
+            if self.stop_reason is not None:
+                return None
+            first = self.next_batch
+            self.next_batch += count
+            self.in_flight += 1
+            return first
+
+    def finish(self, applied: bool, after_stop: bool = False) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.applied += applied
+            self.applied_after_stop += applied and after_stop
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+
+class WorkerLog:
+    """One worker's per-update records; appended by its thread only.
+
+    The monitor reads the lists concurrently: appends are atomic under the GIL
+    and it only reads entries below a length it observed.
+    """
+
+    def __init__(self):
+        self.loss: list[float] = []       # minibatch loss of every computed gradient
+        self.staleness: list[int] = []    # tau of every applied update
+        self.attempts: list[int] = []     # CAS attempts of every update (applied or dropped)
+        self.compute_s: list[float] = []  # wall time of every gradient computation
+        self.dropped = 0
+        self.discarded = 0                # gradients computed after a stop, not applied
+
+
+class StopConfig(NamedTuple):
+    num_updates: int
+    max_batches: int
+    time_budget_s: float
+    target_loss: float
+
+    @classmethod
+    def of(cls, cfg, batches_per_epoch: int, batches_per_update: int = 1) -> "StopConfig":
+        return cls(int(cfg.num_updates), int(cfg.epochs * batches_per_epoch),
+                   float(cfg.time_budget_s), float(cfg.target_loss))
+
+
+def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor") -> None:
+    """Start one thread per worker callable and monitor them until all end."""
+    errors: list[BaseException] = []
+
+    def guarded(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as e:  # surfaced in the main thread below
+                errors.append(e)
+                monitor.tickets.stop(f"error: {type(e).__name__}: {e}")
+        return run
+
+    threads = [threading.Thread(target=guarded(fn), name=f"asgd-worker-{i}", daemon=True)
+               for i, fn in enumerate(workers)]
+    monitor.start()
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(POLL_S)
+            monitor.poll()
+    except KeyboardInterrupt:
+        monitor.tickets.stop("interrupted")
+        for t in threads:
+            t.join()
+        monitor.finish()
+        raise
+    for t in threads:
+        t.join()
+    monitor.finish()
+    if errors:
+        raise errors[0]
+
+
+class Monitor:
+    """The main thread's view of a run: metrics, evaluation, stop conditions."""
+
+    def __init__(self, cfg, problem, store, tickets: Tickets, logs: list[WorkerLog],
+                 writer: metrics.RunWriter, stop: StopConfig, schedule=None,
+                 extra_summary: Callable[[], dict] | None = None):
+        self.cfg, self.problem, self.store, self.tickets = cfg, problem, store, tickets
+        self.logs, self.writer, self.stop, self.schedule = logs, writer, stop, schedule
+        self.extra_summary = extra_summary or dict
+        self.targets = sorted({*map(float, cfg.loss_targets),
+                               *([stop.target_loss] if stop.target_loss > 0 else [])}, reverse=True)
+        self._loss_seen = [0] * len(logs)
+        self._tau_seen = [0] * len(logs)
+        self.times: list[float] = []
+        self.train_losses: list[float] = []
+        self.last_eval: tuple[float, float] = (math.nan, math.nan)
+        self.next_log = self.next_eval = 0
+        self.progress = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        from tqdm import tqdm
+        self.t0 = time.perf_counter()
+        self.progress = tqdm(total=self.stop.num_updates or None, unit="upd", dynamic_ncols=True,
+                             disable=bool(self.cfg.quiet), mininterval=0.5, leave=False)
+        self._emit(force_eval=True)
+
+    def poll(self) -> None:
+        elapsed = time.perf_counter() - self.t0
+        if self.stop.time_budget_s > 0 and elapsed >= self.stop.time_budget_s:
+            self.tickets.stop("time_budget")
+        applied = self.tickets.applied
+        if applied >= self.next_log or applied >= self.next_eval:
+            self._emit(force_eval=False)
+        if self.progress is not None:
+            self.progress.n = applied
+            self.progress.refresh() if self.progress.n % 50 == 0 else None
+
+    def finish(self) -> None:
+        self._emit(force_eval=True)
+        if self.progress is not None:
+            self.progress.close()
+        self.writer.summary(self.summary())
+
+    # -- events -------------------------------------------------------------
+    def _new(self, attribute: str, seen: list[int]) -> list:
+        fresh = []
+        for k, log in enumerate(self.logs):
+            values = getattr(log, attribute)
+            end = len(values)
+            fresh.extend(values[seen[k]:end])
+            seen[k] = end
+        return fresh
+
+    def _emit(self, force_eval: bool) -> None:
+        """One metrics.jsonl event: train loss since the last one, maybe eval."""
+        applied = self.tickets.applied
+        elapsed = time.perf_counter() - self.t0
+        losses = self._new("loss", self._loss_seen)
+        record = {"updates": applied, "wall_time_s": elapsed}
+        if losses:
+            train_loss = float(np.mean(losses))
+            record["train_loss"] = train_loss
+            self.times.append(elapsed)
+            self.train_losses.append(train_loss)
+            if not math.isfinite(train_loss):
+                self.tickets.stop(f"diverged: non-finite training loss by update {applied}")
+            elif self.stop.target_loss > 0 and train_loss <= self.stop.target_loss:
+                self.tickets.stop("target_loss")
+        if self.schedule is not None:
+            taus = self._new("staleness", self._tau_seen)
+            if taus:
+                self.schedule.observe(np.asarray(taus))
+        if force_eval or applied >= self.next_eval:
+            snapshot = self.store.read_copy()
+            if not np.isfinite(snapshot).all():
+                self.tickets.stop(f"diverged: non-finite parameters by update {applied}")
+                record["eval_loss"] = record["eval_accuracy"] = math.nan
+            else:
+                record["eval_loss"], record["eval_accuracy"] = self.problem.evaluate(snapshot)
+            self.last_eval = (record["eval_loss"], record["eval_accuracy"])
+            self.next_eval = applied + max(1, int(self.cfg.eval_every))
+        live = self.store.stats().get("live")
+        if live is not None:
+            record["live_buffers"] = live
+        self.next_log = applied + max(1, int(self.cfg.log_every))
+        self.writer.log(record)
+        if self.progress is not None and "train_loss" in record:
+            self.progress.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                      upd_s=f"{applied / max(elapsed, 1e-9):.0f}", refresh=False)
+
+    # -- summary ------------------------------------------------------------
+    def summary(self) -> dict:
+        elapsed = time.perf_counter() - self.t0
+        applied = self.tickets.applied
+        taus_per_worker = [np.asarray(log.staleness, np.int64) for log in self.logs]
+        taus = np.concatenate(taus_per_worker) if taus_per_worker else np.zeros(0, np.int64)
+        attempts = np.concatenate([np.asarray(log.attempts, np.int64) for log in self.logs])
+        stats = self.store.stats()
+        summary = {
+            "algorithm": self.cfg.algorithm, "threads": int(self.cfg.threads),
+            "updates": applied, "wall_time_s": elapsed,
+            "updates_per_s": applied / max(elapsed, 1e-9),
+            "updates_per_s_per_worker": [len(log.staleness) / max(elapsed, 1e-9) for log in self.logs],
+            "eval_loss": self.last_eval[0], "eval_accuracy": self.last_eval[1],
+            "final_train_loss": self.train_losses[-1] if self.train_losses else None,
+            "time_to_target": metrics.time_to_targets(self.times, self.train_losses, self.targets),
+            "stop_reason": self.tickets.stop_reason or "num_updates",
+            "applied_after_stop": self.tickets.applied_after_stop,
+            "discarded_after_stop": sum(log.discarded for log in self.logs),
+            "staleness_hist": metrics.histogram(taus),
+            "staleness_mean": float(taus.mean()) if taus.size else None,
+            "staleness_max": int(taus.max()) if taus.size else None,
+            "staleness_hist_per_worker": [metrics.histogram(t) for t in taus_per_worker],
+            "cas_attempts_hist": metrics.histogram(attempts),
+            "cas_failures": int(stats.get("cas_failures", 0)),
+            "dropped_updates": sum(log.dropped for log in self.logs),
+            "peak_live_buffers": stats.get("peak_live"),
+            "buffers_allocated": stats.get("allocated"),
+            "peak_rss_mb": metrics.peak_rss_mb(),
+            "mean_compute_s": float(np.mean(np.concatenate(
+                [np.asarray(log.compute_s) for log in self.logs]))) if applied else None,
+        }
+        if self.schedule is not None:
+            summary["alpha_table"] = self.schedule.alpha_table()
+        summary.update(self.extra_summary())
+        return summary

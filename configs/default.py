@@ -1,0 +1,50 @@
+"""The embedded offline default: an MLP on scikit-learn's digits, 2 threads.
+
+Runs in well under a minute on 2 cores. Every field is documented here; each
+can be overridden from the command line, e.g.
+  python train.py --config=configs/default.py --config.algorithm=hogwild --config.threads=4
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = ""                   # run name, used in the results folder name ("" = <algorithm>-m<threads>)
+
+    # Data.
+    c.dataset = "digits"          # digits | mnist | fashion_mnist | cifar10
+    c.data_dir = ""               # folder of raw IDX / CIFAR-10 binary files; "" = tensorflow-datasets
+    c.eval_fraction = 0.2         # share held out for eval when the source has one split only
+    c.split_seed = 0              # seed of that hold-out split
+    c.tfds_download = False       # let tensorflow-datasets download (needs network)
+
+    # Model.
+    c.model = "mlp"               # mlp | cnn | lenet
+    c.mlp_hidden = (128, 128, 128)  # hidden layer widths of the MLP
+
+    # Algorithm.
+    c.algorithm = "sequential"    # sequential | sync | lock | hogwild | leashed
+    c.threads = 1                 # worker threads m
+    c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
+    c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+
+    # Optimisation.
+    c.batch_size = 32
+    c.learning_rate = 0.05        # alpha: the base step size
+    c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd
+    c.seed = 0                    # model init and minibatch order
+
+    # Stopping: the first condition reached ends the run (0 = no limit).
+    c.num_updates = 3000          # applied updates
+    c.epochs = 0                  # passes over the training set
+    c.time_budget_s = 0.0         # wall-clock seconds
+    c.target_loss = 0.0           # running-mean training loss
+
+    # Measurement.
+    c.loss_targets = (0.5, 0.2, 0.1)  # training-loss levels whose time to reach is reported
+    c.eval_every = 500            # updates between evaluations of a consistent snapshot
+    c.log_every = 100             # updates between metrics.jsonl lines
+    c.workdir = "."               # results go to <workdir>/runs/<timestamp>-<name>/
+    c.quiet = False               # no progress bar
+    return c
