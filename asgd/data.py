@@ -237,12 +237,15 @@ def _tfds(name: str, split: str, download: bool) -> Dataset:
     if download and not _online():
         raise DataError(f"cannot reach {TFDS_HOST[0]} to download {name} (offline?); {hint}")
     try:
-        images, labels = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1,
-                                                 as_supervised=True, download=download))
+        # Fixed-size batches, not batch_size=-1 (which crashed under tfds' mock data).
+        batches = list(tfds.as_numpy(tfds.load(name, split=split, batch_size=4096,
+                                               as_supervised=True, download=download)))
     except AssertionError as e:  # tfds' way of saying "not prepared" when download=False
         raise DataError(f"{name} is not prepared in the tfds data dir ({e}); pass "
                         f"--config.tfds_download=True to download it, {hint}") from None
-    return Dataset(np.asarray(images, np.float32) / 255.0, np.asarray(labels, np.int32))
+    images = np.concatenate([b[0] for b in batches]).astype(np.float32) / 255.0
+    labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    return Dataset(images, labels)
 
 
 # ----------------------------------------------------------- minibatches ----
