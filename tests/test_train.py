@@ -1,0 +1,112 @@
+"""End to end: the sequential trainer and train.py as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asgd import metrics
+from asgd.run import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_run(run_dir):
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    return config, metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl")), summary
+
+
+def test_sequential_reaches_90_percent_on_digits(config):
+    config.algorithm, config.threads = "sequential", 1
+    summary = train(config)
+    assert summary["eval_accuracy"] >= 0.90
+    assert summary["updates"] == config.num_updates
+    assert summary["staleness_hist"] == [config.num_updates]
+
+
+def test_sequential_is_deterministic(config):
+    config.algorithm, config.threads, config.num_updates = "sequential", 1, 300
+    first, second = train(config), train(config)
+    assert first["eval_loss"] == second["eval_loss"]
+    assert first["eval_accuracy"] == second["eval_accuracy"]
+    config.seed = 1
+    assert train(config)["eval_loss"] != first["eval_loss"]
+
+
+def test_epochs_and_time_budget_stop_the_run(config):
+    config.algorithm, config.threads = "sequential", 1
+    config.num_updates, config.epochs = 0, 2
+    summary = train(config)
+    per_epoch = 1438 // config.batch_size
+    assert summary["updates"] == 2 * per_epoch and summary["stop_reason"] == "epochs"
+    config.epochs, config.time_budget_s = 0, 0.5
+    summary = train(config)
+    assert summary["stop_reason"] == "time_budget"
+    assert 0.5 <= summary["wall_time_s"] < 5.0
+    _, rows, _ = read_run(summary["run_dir"])
+    assert rows[-1]["updates"] == summary["updates"] and "eval_loss" in rows[-1]
+
+
+def test_target_loss_stops_and_is_timed(config):
+    config.algorithm, config.threads, config.num_updates = "sequential", 1, 20000
+    config.target_loss = 0.3
+    summary = train(config)
+    assert summary["stop_reason"] == "target_loss"
+    assert summary["updates"] < 20000
+    assert summary["time_to_target"]["0.3"] is not None
+    assert summary["time_to_target"]["0.1"] is None or summary["final_train_loss"] <= 0.1
+
+
+def run_train(tmp_path, *flags):
+    return subprocess.run([sys.executable, "train.py", "--config=configs/default.py",
+                           f"--config.workdir={tmp_path}", "--config.quiet=True", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_train_py_writes_a_complete_results_folder(tmp_path):
+    proc = run_train(tmp_path, "--config.num_updates=400", "--config.eval_every=100",
+                     "--config.name=e2e")
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = [os.path.join(tmp_path, "runs", d) for d in os.listdir(tmp_path / "runs")]
+    assert run_dir.endswith("-e2e")
+    config, rows, summary = read_run(run_dir)
+    assert config["num_updates"] == 400 and config["dataset"] == "digits"
+    assert rows[0]["updates"] == 0 and rows[-1]["updates"] == 400
+    assert all({"updates", "wall_time_s"} <= set(r) for r in rows)
+    assert sum("eval_loss" in r and "eval_accuracy" in r for r in rows) >= 4
+    assert any("train_loss" in r for r in rows)
+    times = [r["wall_time_s"] for r in rows]
+    assert times == sorted(times)
+    for key in ("updates", "wall_time_s", "updates_per_s", "eval_loss", "eval_accuracy",
+                "time_to_target", "staleness_hist"):
+        assert key in summary, key
+    assert summary["updates"] == 400
+    assert "eval_accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.no_such_field=1", "unknown config field 'no_such_field'"),
+    ("--config.threads=abc", "invalid literal"),
+    ("--config.algorithm=adam", "unknown algorithm 'adam'"),
+    ("--config.model=resnet", "unknown model 'resnet'"),
+    ("--config.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("--config.batch_size=0", "batch_size must be positive"),
+    ("--config.learning_rate=0", "learning_rate must be positive"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, flag, message):
+    proc = run_train(tmp_path, flag)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_missing_data_folder_is_exit_code_2(tmp_path):
+    proc = run_train(tmp_path, "--config.dataset=mnist", f"--config.data_dir={tmp_path}/absent")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
