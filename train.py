@@ -18,10 +18,6 @@ from ml_collections import config_flags
 flags.DEFINE_boolean("print_summary", True, "Print summary.json when the run ends.")
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line, exit code 2."""
-
-
 def fail(message: str) -> None:
     print(f"train.py: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -47,29 +43,6 @@ def parse(argv: list[str]):
         fail(lines[0])
 
 
-def validate(cfg) -> None:
-    """Checks that need no data or JAX; each failure is one clear line."""
-    from asgd import data, executors, models
-    if cfg.algorithm not in executors.ALGORITHMS:
-        raise UsageError(f"unknown algorithm {cfg.algorithm!r}; choose one of {sorted(executors.ALGORITHMS)}")
-    if cfg.model not in models.MODELS:
-        raise UsageError(f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")
-    if cfg.dataset not in data.DATASETS:
-        raise UsageError(f"unknown dataset {cfg.dataset!r}; choose one of {list(data.DATASETS)}")
-    if cfg.data_dir and cfg.dataset != "digits" and not os.path.isdir(cfg.data_dir):
-        raise UsageError(f"data folder {cfg.data_dir!r} does not exist")
-    if cfg.batch_size <= 0:
-        raise UsageError(f"batch_size must be positive, got {cfg.batch_size}")
-    if not cfg.learning_rate > 0:
-        raise UsageError(f"learning_rate must be positive, got {cfg.learning_rate}")
-    if not (cfg.num_updates > 0 or cfg.epochs > 0 or cfg.time_budget_s > 0 or cfg.target_loss > 0):
-        raise UsageError("no stop condition: set num_updates, epochs, time_budget_s or target_loss")
-    for field in ("num_updates", "epochs", "time_budget_s", "target_loss", "eval_every", "log_every",
-                  "cpus"):
-        if cfg[field] < 0:
-            raise UsageError(f"{field} must be >= 0, got {cfg[field]}")
-
-
 def restrict_cpus(count: int) -> None:
     """Pin the process to ``count`` CPUs before JAX starts its thread pools.
 
@@ -78,21 +51,19 @@ def restrict_cpus(count: int) -> None:
     """
     allowed = sorted(os.sched_getaffinity(0))
     if count > len(allowed):
-        raise UsageError(f"cpus={count} but only {len(allowed)} CPUs are available")
+        raise ValueError(f"cpus={count} but only {len(allowed)} CPUs are available")
     os.sched_setaffinity(0, allowed[:count])
 
 
 def main(argv: list[str]) -> int:
     cfg = parse(argv)
     try:
+        from asgd.run import train, validate
         validate(cfg)
         if cfg.cpus:
             restrict_cpus(cfg.cpus)
-        from asgd.run import train
         summary = train(cfg)
-    except UsageError as e:
-        fail(str(e))
-    except ValueError as e:  # bad values found while building (data, step sizes, store)
+    except ValueError as e:  # bad config values, data, step-size parameters
         fail(str(e).splitlines()[0])
     if flags.FLAGS.print_summary:
         keys = ("run_dir", "algorithm", "threads", "updates", "wall_time_s", "updates_per_s",

@@ -4,8 +4,40 @@ from __future__ import annotations
 
 import os
 
-from asgd import executors, metrics, stepsize
+from asgd import data, executors, metrics, models, stepsize
 from asgd.problem import make_problem
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or unknown; the message says which."""
+
+
+def validate(cfg) -> None:
+    """Checks that need no data or JAX; each failure is one clear line."""
+    if cfg.algorithm not in executors.ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {cfg.algorithm!r}; choose one of {sorted(executors.ALGORITHMS)}")
+    if cfg.model not in models.MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")
+    if cfg.dataset not in data.DATASETS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {list(data.DATASETS)}")
+    if cfg.data_dir and cfg.dataset != "digits" and not os.path.isdir(cfg.data_dir):
+        raise ConfigError(f"data folder {cfg.data_dir!r} does not exist")
+    if not 1 <= cfg.threads <= executors.MAX_THREADS:
+        raise ConfigError(f"threads must be in 1..{executors.MAX_THREADS}, got {cfg.threads}")
+    if cfg.algorithm == "sequential" and cfg.threads != 1:
+        raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={cfg.threads}")
+    if cfg.persistence < -1:
+        raise ConfigError(f"persistence must be -1 (retry until success) or >= 0, got {cfg.persistence}")
+    if cfg.batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
+    if not cfg.learning_rate > 0:
+        raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    if not (cfg.num_updates > 0 or cfg.epochs > 0 or cfg.time_budget_s > 0 or cfg.target_loss > 0):
+        raise ConfigError("no stop condition: set num_updates, epochs, time_budget_s or target_loss")
+    for field in ("num_updates", "epochs", "time_budget_s", "target_loss", "eval_every", "log_every",
+                  "cpus"):
+        if cfg[field] < 0:
+            raise ConfigError(f"{field} must be >= 0, got {cfg[field]}")
 
 
 def run_name(cfg) -> str:
@@ -14,6 +46,7 @@ def run_name(cfg) -> str:
 
 def train(cfg, run_dir: str | None = None) -> dict:
     """Train as ``cfg`` says; returns summary.json's content plus ``run_dir``."""
+    validate(cfg)
     problem = make_problem(cfg)
     schedule = stepsize.schedule(stepsize.from_config(cfg))
     run_dir = run_dir or metrics.new_run_dir(cfg.workdir, run_name(cfg))

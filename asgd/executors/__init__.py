@@ -1,18 +1,28 @@
 """The algorithms, selected by ``config.algorithm``.
 
-Each module exposes ``run(cfg, problem, writer, schedule) -> summary``:
+Each exposes ``run(cfg, problem, writer, schedule) -> summary``:
   sequential  one thread, plain numpy; the reference
+  sync        m gradients per round from the same parameters, averaged
+  lock        AsyncSGD: consistent reads and updates under a mutex
+  hogwild     Hogwild!: lock-free, inconsistent reads, in-place updates
+  leashed     Leashed-SGD: lock-free and consistent (CAS on a version pointer)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from asgd.executors import sequential
+from asgd.executors import sequential, sync
+from asgd.executors.shared_memory import make_runner
 
 ALGORITHMS = {
     "sequential": sequential.run,
+    "sync": sync.run,
+    "lock": make_runner("lock"),
+    "hogwild": make_runner("hogwild"),
+    "leashed": make_runner("leashed"),
 }
+MAX_THREADS = 256
 
 
 def run(cfg, problem, writer, schedule) -> dict:
