@@ -301,30 +301,37 @@ def mindthestep_table(alpha: float, model, target, cap: float = 10.0,
     tau = np.arange(k_max)
     log_p = np.append(model.logpmf(tau), model.logsf(k_max - 1))
     log_q = np.append(target.logpmf(tau), target.logsf(k_max - 1))
-    p, q = np.exp(log_p), np.exp(log_q)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf ratios are clipped
         ratio = np.where(np.isneginf(log_q), 0.0,
                          np.where(np.isneginf(log_p), np.inf, np.exp(log_q - log_p)))
-    # Water-filling: grow k until sum P min(k r, c) = 1; the clipped set only grows.
+        k = _water_level(np.exp(log_p), np.exp(log_q), ratio, cap)
+        return alpha * np.minimum(k * ratio, cap)
+
+
+def _water_level(p: np.ndarray, q: np.ndarray, ratio: np.ndarray, cap: float) -> float:
+    """The k >= 1 with sum_tau p min(k ratio, cap) = 1 (water-filling).
+
+    With S the clipped set {k ratio >= cap}, the sum is cap P(S) + k Q(not S),
+    so k = (1 - cap P(S)) / Q(not S); iterate from k = 1, S only grows.
+    """
     k = 1.0
-    for _ in range(k_max + 2):
+    for _ in range(ratio.size + 2):
         clipped = k * ratio >= cap
         need = 1.0 - cap * p[clipped].sum()
-        free = q[~clipped & np.isfinite(log_p) & (ratio > 0)].sum()
+        free = q[~clipped & (ratio > 0)].sum()
         if free <= 0.0:
             if need > 1e-9:
+                on_q = p[ratio > 0].sum()
                 raise ValueError(
-                    f"mindthestep cap {cap} is too small: the model puts only "
-                    f"{p[ratio > 0].sum():.4g} probability on the target's support, "
-                    f"so the cap must be >= {1.0 / max(p[ratio > 0].sum(), 1e-300):.4g}")
-            break
+                    f"mindthestep cap {cap} is too small: the model puts only {on_q:.4g} "
+                    f"probability on the target's support, so the cap must be >= "
+                    f"{1.0 / max(on_q, 1e-300):.4g}")
+            return k
         k_new = max(need / free, k)
         if k_new <= k * (1.0 + 1e-13) and np.array_equal(clipped, k_new * ratio >= cap):
-            k = k_new
-            break
+            return k_new
         k = k_new
-    with np.errstate(invalid="ignore"):
-        return alpha * np.minimum(k * ratio, cap)
+    return k
 
 
 class MindTheStepState(NamedTuple):
