@@ -316,3 +316,15 @@ def test_from_config_invalid_raises(cfg, match):
 def test_invalid_parameters_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_schedule_table_uses_the_refit_as_soon_as_the_window_is_full():
+    tx = ss.mindthestep(0.1, st.Poisson(3.0), ss.uniform(4), cap=100.0, max_staleness=16,
+                        window=100)
+    sched = ss.schedule(tx, max_staleness=16)
+    assert sched.observe(st.Poisson(1.0).sample(1, 100)) is True  # exactly the window
+    assert int(sched.state.count) == 100 and not bool(sched.state.fitted)
+    lam = st.Poisson.fit_hist(np.asarray(sched.state.hist)).lam
+    expected = ss.mindthestep_table(0.1, st.Poisson(lam), ss.uniform(4), 100.0, 16)
+    np.testing.assert_allclose(sched.alpha_table(), expected, rtol=1e-6)
+    assert sched.observe([3]) is False and bool(sched.state.fitted)  # refit kept, same table
