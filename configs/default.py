@@ -33,6 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.learning_rate = 0.05        # alpha: the base step size
     c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd
+    c.stepsize_model = "poisson"  # mindthestep's staleness model P: poisson | geometric | cmp | empirical
+    c.stepsize_model_param = 0.0  # its parameter (Poisson/CMP lam, geometric p); <= 0 derives it from threads
+    c.stepsize_target = "uniform"  # mindthestep's target profile Q: uniform | geometric
+    c.stepsize_target_param = 0.0  # uniform T or geometric mu; <= 0 derives it (T = P's 99% quantile, mu = 1-1/m)
+    c.stepsize_cap = 10.0         # mindthestep steps are clipped at stepsize_cap * learning_rate
+    c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1]
+    c.stepsize_window = 0         # warm-up updates: TAIL-tau's CDF window (<= 0: 1000); mindthestep online fit (0 = off)
+    c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
     c.seed = 0                    # model init and minibatch order
 
     # Stopping: the first condition reached ends the run (0 = no limit).
