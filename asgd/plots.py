@@ -132,6 +132,7 @@ def time_to_target(groups: dict[tuple, list[Run]], targets: Sequence[float]) -> 
                     ax.annotate(f"{reached}/{seeds}", (x, mean or 0), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(ms)), [f"m={m}" for m in ms])
         ax.set_ylabel("time (s)")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"time to training loss ≤ {name}")
         ax.grid(axis="y", alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
