@@ -1,7 +1,7 @@
 """MNIST with the MLP 784-128-128-128-10: the paper-style study.
 
 Reads raw IDX files from base.data_dir (default: the shared 10k test split,
-held out 80/20 for train/eval). Each run is 5 epochs; the sweep is every
+held out 80/20 for train/eval). Each run is 20 epochs; the sweep is every
 algorithm, m in (1, 2, 4, 8), constant and MindTheStep step sizes, three
 persistence bounds for Leashed-SGD and three seeds:
   python -m asgd.study --config=configs/study_mnist_mlp.py
@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     b.batch_size = 128
     b.learning_rate = 0.05
     b.num_updates = 0
-    b.epochs = 5
+    b.epochs = 20
     b.eval_every = 500
     b.log_every = 50
     return b
