@@ -60,6 +60,8 @@ def check(study) -> None:
         raise StudyError("study_dir is empty")
     if len(study.targets) == 0:
         raise StudyError("targets is empty: give at least one training-loss level")
+    if study.base.cpus and not study.isolate:
+        raise StudyError("base.cpus pins a process's CPUs: it needs isolate=True (one process per run)")
 
 
 def expand(study) -> list[Planned]:
@@ -97,7 +99,7 @@ def expand(study) -> list[Planned]:
 
 
 def _comparable(config: dict) -> dict:
-    plain = json.loads(json.dumps(metrics._jsonable(config)))
+    plain = json.loads(json.dumps(config))  # tuples become lists, as in config.json
     return {k: v for k, v in plain.items() if k not in NOT_COMPARED}
 
 
@@ -152,7 +154,8 @@ def run_one(run_dir: str) -> int:
     return 0
 
 
-def describe(summary: dict, targets) -> str:
+def describe(summary: dict) -> str:
+    """One line of a finished run's results."""
     reached = summary.get("time_to_target") or {}
     hits = " ".join(f"t({k})={'-' if v is None else f'{v:.2f}s'}" for k, v in reached.items())
     return (f"acc {summary.get('eval_accuracy', float('nan')):.3f} "
@@ -188,7 +191,7 @@ def run_study(study, log=print) -> dict:
             log(f"{prefix} FAILED: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
             continue
         counts["ran"] += 1
-        say(f"{prefix} {describe(summary, study.targets)} ({time.perf_counter() - start:.1f}s)")
+        say(f"{prefix} {describe(summary)} ({time.perf_counter() - start:.1f}s)")
     from asgd import aggregate, plots
     done = [aggregate.load_run(os.path.join(runs_dir, p.key)) for p in planned
             if os.path.exists(os.path.join(runs_dir, p.key, "summary.json"))]

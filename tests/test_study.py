@@ -108,7 +108,10 @@ def test_expand_skips_meaningless_and_duplicate_runs(tmp_path):
     assert sum(k.startswith("leashed") for k in keys) == 8       # m x persistences x seeds
     assert "leashed-m2-constant-lr0.05-p0-s1" in keys
     assert keys == [p.key for p in study.expand(cfg)]            # deterministic
-    cfg.seeds = ()
+    cfg.base.cpus, cfg.isolate = 1, False
+    with pytest.raises(study.StudyError, match="isolate"):
+        study.expand(cfg)
+    cfg.base.cpus, cfg.seeds = 0, ()
     with pytest.raises(study.StudyError, match="seeds"):
         study.expand(cfg)
 
