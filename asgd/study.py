@@ -71,6 +71,7 @@ def expand(study) -> list[Planned]:
     ``persistence`` varies only for ``leashed`` (the others take the base
     value once). Order: algorithm, threads, step size, α, persistence, seed.
     """
+    from asgd import stepsize
     from asgd.run import validate
     check(study)
     planned, seen = [], set()
@@ -78,13 +79,13 @@ def expand(study) -> list[Planned]:
         for threads in study.threads:
             if algorithm == "sequential" and threads != 1:
                 continue
-            for stepsize in study.stepsizes:
+            for strategy in study.stepsizes:
                 for lr in study.learning_rates:
                     persistences = study.persistences if algorithm == "leashed" else (study.base.persistence,)
                     for persistence in persistences:
                         for seed in study.seeds:
                             cfg = config_dict.ConfigDict(study.base.to_dict())
-                            cfg.algorithm, cfg.threads, cfg.stepsize = algorithm, int(threads), stepsize
+                            cfg.algorithm, cfg.threads, cfg.stepsize = algorithm, int(threads), strategy
                             cfg.learning_rate, cfg.persistence = float(lr), int(persistence)
                             cfg.seed, cfg.loss_targets = int(seed), tuple(float(t) for t in study.targets)
                             cfg.quiet = True
@@ -94,6 +95,7 @@ def expand(study) -> list[Planned]:
                             seen.add(key)
                             cfg.name, cfg.workdir = key, study.study_dir
                             validate(cfg)
+                            stepsize.from_config(cfg)  # unknown strategy or bad parameters: fail now
                             planned.append(Planned(key, cfg))
     return planned
 
@@ -106,11 +108,18 @@ def _comparable(config: dict) -> dict:
 def finished(run_dir: str, cfg) -> bool:
     """True if the run folder holds a finished run of exactly this config.
 
+    Finished means summary.json exists and the run was not interrupted or
+    ended by a worker error (a diverged run is a result and counts).
+
     A finished run made with a different config is an error: mixing them
     would make the table lie. Use another study_dir, or delete the folder.
     """
     if not os.path.exists(os.path.join(run_dir, "summary.json")):
         return False
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        reason = str(json.load(f).get("stop_reason"))
+    if reason == "interrupted" or reason.startswith("error"):
+        return False  # Ctrl-C and worker errors also write a summary; such a run is redone
     with open(os.path.join(run_dir, "config.json")) as f:
         old = _comparable(json.load(f))
     new = _comparable(cfg.to_dict())

@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -158,6 +159,17 @@ def test_smoke_study_writes_table_and_plots_and_resumes(tmp_path):
     assert os.stat(summaries["sequential-m1-constant-lr0.05-s0"]).st_mtime_ns == mtimes["sequential-m1-constant-lr0.05-s0"]
     rows = aggregate.load_run(os.path.join(runs, partial)).rows
     assert rows[0]["updates"] == 0 and [r["updates"] for r in rows] == sorted(r["updates"] for r in rows)
+
+    # A run stopped by Ctrl-C also wrote a summary; it is not finished.
+    with open(summaries[partial]) as f:
+        summary = json.load(f)
+    summary["stop_reason"] = "interrupted"
+    with open(summaries[partial], "w") as f:
+        json.dump(summary, f)
+    counts = study.run_study(cfg)
+    assert (counts["ran"], counts["skipped"]) == (1, 1)
+    with open(summaries[partial]) as f:
+        assert json.load(f)["stop_reason"] == "num_updates"
 
     # A finished run made with another config is not silently reused.
     cfg.base.num_updates = 200
