@@ -1,0 +1,247 @@
+"""A study: sweep the algorithms, aggregate over seeds, write tables and plots.
+
+  python -m asgd.study --config=configs/study_digits.py [--config.FIELD=VALUE ...]
+
+A study config holds a train config under ``base`` and the sweep lists
+(``algorithms``, ``threads``, ``stepsizes``, ``learning_rates``,
+``persistences``, ``seeds``); see configs/study_digits.py and docs/study.md.
+Each configuration of the cross product is one ``train()`` run in
+``<study_dir>/runs/<key>/`` where ``key`` names the swept values, so a study
+started again skips every run that already has its summary.json. A run that
+fails is reported and left without summary.json (the next start retries it);
+the study then goes on and exits with code 1. Bad flags or config values exit
+with code 2 and a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+from absl import flags
+from ml_collections import config_dict, config_flags
+
+from asgd import metrics
+
+SWEEPS = ("algorithms", "threads", "stepsizes", "learning_rates", "persistences", "seeds")
+# Config fields that may differ between a finished run and the study asking for it.
+NOT_COMPARED = ("quiet", "workdir", "name")
+
+class StudyError(ValueError):
+    """The study config or the study folder is unusable; the message says why."""
+
+
+class Planned(NamedTuple):
+    key: str        # folder name under <study_dir>/runs/
+    config: object  # the train ConfigDict of this run
+
+
+def run_key(cfg) -> str:
+    """Deterministic folder name of a run from its swept values."""
+    key = f"{cfg.algorithm}-m{cfg.threads}-{cfg.stepsize}-lr{cfg.learning_rate:g}"
+    if cfg.algorithm == "leashed":
+        key += f"-p{cfg.persistence}"
+    key += f"-s{cfg.seed}"
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", key)
+
+
+def check(study) -> None:
+    """Study-level checks; each failure is one line."""
+    for name in SWEEPS:
+        if len(study[name]) == 0:
+            raise StudyError(f"sweep list {name!r} is empty")
+    if not study.study_dir:
+        raise StudyError("study_dir is empty")
+    if len(study.targets) == 0:
+        raise StudyError("targets is empty: give at least one training-loss level")
+    if study.base.cpus and not study.isolate:
+        raise StudyError("base.cpus pins a process's CPUs: it needs isolate=True (one process per run)")
+
+
+def expand(study) -> list[Planned]:
+    """The cross product of the sweep lists, without meaningless or duplicate runs.
+
+    ``sequential`` runs only with threads=1 (other thread counts are skipped);
+    ``persistence`` varies only for ``leashed`` (the others take the base
+    value once). Order: algorithm, threads, step size, α, persistence, seed.
+    """
+    from asgd import stepsize
+    from asgd.run import validate
+    check(study)
+    planned, seen = [], set()
+    for algorithm in study.algorithms:
+        for threads in study.threads:
+            if algorithm == "sequential" and threads != 1:
+                continue
+            for strategy in study.stepsizes:
+                for lr in study.learning_rates:
+                    persistences = study.persistences if algorithm == "leashed" else (study.base.persistence,)
+                    for persistence in persistences:
+                        for seed in study.seeds:
+                            cfg = config_dict.ConfigDict(study.base.to_dict())
+                            cfg.algorithm, cfg.threads, cfg.stepsize = algorithm, int(threads), strategy
+                            cfg.learning_rate, cfg.persistence = float(lr), int(persistence)
+                            cfg.seed, cfg.loss_targets = int(seed), tuple(float(t) for t in study.targets)
+                            cfg.quiet = True
+                            key = run_key(cfg)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            cfg.name, cfg.workdir = key, study.study_dir
+                            validate(cfg)
+                            stepsize.from_config(cfg)  # unknown strategy or bad parameters: fail now
+                            planned.append(Planned(key, cfg))
+    return planned
+
+
+def _comparable(config: dict) -> dict:
+    plain = json.loads(json.dumps(config))  # tuples become lists, as in config.json
+    return {k: v for k, v in plain.items() if k not in NOT_COMPARED}
+
+
+def finished(run_dir: str, cfg) -> bool:
+    """True if the run folder holds a finished run of exactly this config.
+
+    Finished means summary.json exists and the run was not interrupted or
+    ended by a worker error (a diverged run is a result and counts).
+
+    A finished run made with a different config is an error: mixing them
+    would make the table lie. Use another study_dir, or delete the folder.
+    """
+    if not os.path.exists(os.path.join(run_dir, "summary.json")):
+        return False
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        reason = str(json.load(f).get("stop_reason"))
+    if reason == "interrupted" or reason.startswith("error"):
+        return False  # Ctrl-C and worker errors also write a summary; such a run is redone
+    with open(os.path.join(run_dir, "config.json")) as f:
+        old = _comparable(json.load(f))
+    new = _comparable(cfg.to_dict())
+    if old != new:
+        diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise StudyError(f"{run_dir} holds a finished run with different {', '.join(diff)}; "
+                         "use another study_dir or delete that folder")
+    return True
+
+
+def run_in_process(cfg, run_dir: str) -> dict:
+    from asgd.run import train
+    return train(cfg, run_dir)
+
+
+def run_isolated(cfg, run_dir: str) -> dict:
+    """Run in a fresh Python process: its own peak RSS, CPU set and JAX state."""
+    os.makedirs(run_dir, exist_ok=True)
+    metrics.write_json_atomic(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    child = "import sys; from asgd.study import run_one; sys.exit(run_one(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", child, os.path.abspath(run_dir)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
+        raise RuntimeError(lines[-1])
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return json.load(f)
+
+
+def run_one(run_dir: str) -> int:
+    """The child side of ``run_isolated``: train the config.json in ``run_dir``."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = config_dict.ConfigDict(json.load(f))
+    if cfg.cpus:
+        allowed = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, allowed[:cfg.cpus])
+    from asgd.run import train
+    train(cfg, run_dir)
+    return 0
+
+
+def describe(summary: dict) -> str:
+    """One line of a finished run's results."""
+    reached = summary.get("time_to_target") or {}
+    hits = " ".join(f"t({k})={'-' if v is None else f'{v:.2f}s'}" for k, v in reached.items())
+    return (f"acc {summary.get('eval_accuracy', float('nan')):.3f} "
+            f"loss {summary.get('eval_loss', float('nan')):.4f} "
+            f"{summary.get('updates_per_s', 0):.0f} upd/s {hits}")
+
+
+def run_study(study, log=print) -> dict:
+    """Run every planned configuration not yet finished, then aggregate and plot.
+
+    Returns counts ``{"planned", "ran", "skipped", "failed"}`` and the
+    ``rows`` of the table.
+    """
+    planned = expand(study)
+    runs_dir = os.path.join(study.study_dir, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    metrics.write_json_atomic(os.path.join(study.study_dir, "study.json"), study.to_dict())
+    say = (lambda *a: None) if study.quiet else log
+    counts = {"planned": len(planned), "ran": 0, "skipped": 0, "failed": 0}
+    for i, (key, cfg) in enumerate(planned, 1):
+        run_dir = os.path.join(runs_dir, key)
+        prefix = f"[{i}/{len(planned)}] {key}:"
+        if finished(run_dir, cfg):
+            counts["skipped"] += 1
+            say(f"{prefix} finished before, skipped")
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)  # a partial run restarts from scratch
+        start = time.perf_counter()
+        try:
+            summary = (run_isolated if study.isolate else run_in_process)(cfg, run_dir)
+        except Exception as e:  # one failed run must not end the study
+            counts["failed"] += 1
+            log(f"{prefix} FAILED: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+            continue
+        counts["ran"] += 1
+        say(f"{prefix} {describe(summary)} ({time.perf_counter() - start:.1f}s)")
+    from asgd import aggregate, plots
+    done = [aggregate.load_run(os.path.join(runs_dir, p.key)) for p in planned
+            if os.path.exists(os.path.join(runs_dir, p.key, "summary.json"))]
+    counts["rows"] = aggregate.write_tables(study.study_dir, done, study.targets) if done else []
+    if done:
+        plots.plot_all(study.study_dir, done, study.targets, log=say)
+    say(f"study: {counts['ran']} ran, {counts['skipped']} skipped, {counts['failed']} failed; "
+        f"table and plots in {study.study_dir}")
+    return counts
+
+
+def fail(message: str) -> None:
+    print(f"asgd.study: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse(argv: list[str]):
+    """Parse the flags; a bad flag or config value is one line and exit 2."""
+    try:
+        config = config_flags.DEFINE_config_file(
+            "config", "configs/study_digits.py", "Path to a study config file defining get_config().")
+        flags.FLAGS(argv)
+        return config.value
+    except (flags.Error, KeyError, TypeError, ValueError, AttributeError, OSError) as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        if isinstance(e, (KeyError, AttributeError)):
+            fail(f"unknown config field {lines[0].strip(chr(34) + chr(39))!r} "
+                 "(see configs/study_digits.py for the fields)")
+        if isinstance(e, OSError):
+            fail(f"cannot load the config file given by --config ({lines[0]})")
+        fail(lines[0])
+
+
+def main(argv: list[str]) -> int:
+    study = parse(argv)
+    try:
+        counts = run_study(study)
+    except ValueError as e:  # StudyError, ConfigError, DataError
+        fail(str(e).splitlines()[0])
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
