@@ -14,10 +14,10 @@ for the machine that builds: ``-O3 -march=native -fopenmp-simd``. Set
 ``ASGD_PSTORE_CFLAGS`` to override, e.g. ``ASGD_PSTORE_CFLAGS="-O2 -fopenmp-simd"``
 for a portable build (still vectorised, with SSE2 only).
 """
+import glob
 import os
 import shlex
 import shutil
-import sys
 
 from cffi import FFI
 
@@ -127,6 +127,11 @@ def build_inplace(verbose=True):
     tmp = os.path.join(ROOT, "ckernels", "_build")
     so = make_builder(absolute=True).compile(tmpdir=tmp, verbose=verbose)
     dest = os.path.join(ROOT, "asgd", os.path.basename(so))
+    # remove other builds (e.g. _pstore.abi3.so from pip install -e): Python
+    # would pick one of them by suffix order, possibly a stale one
+    for f in glob.glob(os.path.join(ROOT, "asgd", "_pstore.*")):
+        if f.endswith((".so", ".pyd")) and f != dest:
+            os.remove(f)
     shutil.copy2(so, dest)
     return dest
 
