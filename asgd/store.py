@@ -349,6 +349,8 @@ class ParameterStore:
         return 0.0, cd, arr.size
 
     def _segments(self, u):
+        """(segment cdata list, lengths, count) for the C call. Hot path: a list
+        of float32 ndarrays costs ~0.15 us per leaf (ffi.from_buffer + len)."""
         fb = _ffi.from_buffer
         try:
             if type(u) is np.ndarray:
@@ -356,21 +358,26 @@ class ParameterStore:
                     raise TypeError(f"update must be float32, got {u.dtype}")
                 cd = fb("float[]", u)
                 return (cd,), (len(cd),), 1
-            segs = []
-            lens = []
+            if type(u) is not list and type(u) is not tuple:
+                u = list(u)
             for a in u:
-                if type(a) is not np.ndarray:
-                    a = np.asarray(a)  # e.g. a jax array on the CPU: zero-copy
-                if a.dtype is not _F32 and a.dtype != _F32:
-                    raise TypeError(f"update segments must be float32, got {a.dtype}")
-                cd = fb("float[]", a)
-                segs.append(cd)
-                lens.append(len(cd))
+                if type(a) is not np.ndarray or a.dtype is not _F32:
+                    u = [self._leaf(a) for a in u]  # slow path: convert / check
+                    break
+            segs = [fb("float[]", a) for a in u]
         except ValueError as e:  # from_buffer: not C-contiguous
             raise ValueError(f"update arrays must be C-contiguous: {e}") from None
         if not segs:
             raise ValueError("update is an empty list")
-        return segs, lens, len(segs)
+        return segs, [len(c) for c in segs], len(segs)
+
+    @staticmethod
+    def _leaf(a):
+        if type(a) is not np.ndarray:
+            a = np.asarray(a)  # e.g. a jax array on the CPU: zero-copy
+        if a.dtype != _F32:
+            raise TypeError(f"update segments must be float32, got {a.dtype}")
+        return a
 
     def update(self, u, scales: ScaleSpec, t_read: int, persistence: int = -1) -> UpdateResult:
         """Apply x <- x + s*u. ``u``: one float32 array of d elements, or a list of
