@@ -34,6 +34,7 @@ theta_read per attempt); they cost one Python round-trip per attempt.
 from __future__ import annotations
 
 import operator
+import sys
 from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -102,6 +103,17 @@ def _raise(code: int, what: str):
     if code == _lib.PSTORE_ECLOSED:
         raise StoreClosedError(msg)
     raise StoreError(msg)
+
+
+class _ViewBase:
+    """Owner of a numpy view on C memory: keeps the store (hence the memory) alive."""
+
+    __slots__ = ("__array_interface__", "store")
+
+    def __init__(self, store, addr, n, readonly):
+        self.store = store
+        self.__array_interface__ = {"data": (addr, readonly), "shape": (n,),
+                                    "typestr": "<f4", "version": 3}
 
 
 class Snapshot:
@@ -261,13 +273,17 @@ class ParameterStore:
     def _view(self, handle: int, ptr, writable: bool) -> np.ndarray:
         """The numpy view of buffer ``handle`` (whose data is at ``ptr``). Only
         called by a thread that holds the buffer. Buffer addresses never move
-        until close, so views are cached (dict get/set are atomic under the GIL)."""
+        until the memory is freed, so views are cached (dict get/set are atomic
+        under the GIL). Each view's base is a _ViewBase that references this
+        store, so the C memory can not be freed (by the store's finalizer)
+        while any view on it is alive; close() frees it only if no view is
+        referenced outside this cache."""
         key = (handle, writable)
         v = self._views.get(key)
         if v is None:
-            v = np.frombuffer(_ffi.buffer(ptr, self._nbytes), dtype=np.float32)
-            if not writable:
-                v.flags.writeable = False
+            addr = int(_ffi.cast("uintptr_t", ptr))
+            v = np.asarray(_ViewBase(self, addr, self.d, not writable))
+            assert v.ctypes.data == addr and v.flags.writeable == writable
             self._views[key] = v
         return v
 
@@ -462,13 +478,21 @@ class ParameterStore:
 
     def close(self) -> None:
         """Close the store: later calls raise StoreClosedError. Snapshots and
-        attempts still held can be released; the C memory is freed when the last
-        of them is (views on it become invalid). Idempotent."""
+        attempts still held can be released. The C memory is freed at once, or
+        when the last snapshot/attempt is released; if a numpy view on it is
+        still referenced somewhere, only when the store and all its views have
+        been garbage-collected (so a stale view never reads freed memory).
+        Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._views = {}
-        _lib.pstore_close(self._h)
+        views, self._views = self._views, {}
+        # a view referenced outside our cache (refs: the dict + getrefcount's
+        # argument) may still be read: then keep the memory until the finalizer
+        # runs, which the view's base prevents while it is alive
+        in_use = any(sys.getrefcount(v) > 2 for v in views.values())
+        del views
+        _lib.pstore_close(self._h, 0 if in_use else 1)
 
     def __enter__(self):
         return self

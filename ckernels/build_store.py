@@ -74,7 +74,7 @@ typedef struct {
 
 int pstore_create(int64_t d, int32_t mode, const float *init, int32_t max_buffers,
                   pstore **out);
-int pstore_close(pstore *s);
+int pstore_close(pstore *s, int32_t free_memory);
 void pstore_destroy(pstore *s);
 pstore_snapshot pstore_acquire(pstore *s, int32_t copy);
 int pstore_release(pstore *s, int32_t handle);

@@ -144,7 +144,7 @@ struct pstore {
     alignas(CACHELINE) _Atomic int64_t held;
     /* close protocol, see pstore_close */
     alignas(CACHELINE) _Atomic int32_t inflight;
-    _Atomic int32_t closed, drained, freeing, freed;
+    _Atomic int32_t closed, drained, freeing, freed, keep_memory;
 };
 
 const char *pstore_strerror(int code) {
@@ -376,7 +376,9 @@ static void free_buffers(pstore *s) {
 }
 
 static void try_free(pstore *s) {
-    if (!atomic_load(&s->drained) || atomic_load(&s->held) != 0) return;
+    if (!atomic_load(&s->drained) || atomic_load(&s->held) != 0 ||
+        atomic_load(&s->keep_memory))
+        return;
     if (atomic_exchange(&s->freeing, 1)) return;
     atomic_store(&s->freed, 1);
     while (atomic_load(&s->inflight) > 1) sched_yield();
@@ -388,9 +390,12 @@ static void held_dec(pstore *s) {
         try_free(s);
 }
 
-int pstore_close(pstore *s) {
+int pstore_close(pstore *s, int32_t free_memory) {
     if (!s) return PSTORE_EINVAL;
     if (op_enter(s, 1) != PSTORE_OK) return PSTORE_OK; /* already freed */
+    /* keep_memory is set before closed, so try_free (which runs only after
+     * drained, set after closed) always sees it */
+    if (!free_memory) atomic_store(&s->keep_memory, 1);
     if (atomic_exchange(&s->closed, 1)) { /* already closed: idempotent */
         op_exit(s);
         return PSTORE_OK;

@@ -107,9 +107,11 @@ int pstore_create(int64_t d, int32_t mode, const float *init, int32_t max_buffer
                   pstore **out);
 
 /* Close: further calls return PSTORE_ECLOSED, except pstore_release and
- * pstore_abort of what is still held. Buffers are freed as soon as nothing is
- * held and no call is in flight (now, or at the last release). Idempotent. */
-int pstore_close(pstore *s);
+ * pstore_abort of what is still held. If free_memory, the buffers are freed
+ * as soon as nothing is held and no call is in flight (now, or at the last
+ * release); otherwise they stay until pstore_destroy (the Python wrapper does
+ * that while numpy views on them may still be referenced). Idempotent. */
+int pstore_close(pstore *s, int32_t free_memory);
 
 /* Free everything including the handle. Only when no other thread can call
  * into the store any more (the Python wrapper calls it from its finalizer). */

@@ -341,7 +341,7 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
     fflush(stdout);
 
     /* close must work and make later calls fail cleanly */
-    pstore_close(s);
+    pstore_close(s, 1);
     pstore_snapshot sn = pstore_acquire(s, 0);
     CHECK(sn.status == PSTORE_ECLOSED, "acquire after close did not fail");
     pstore_destroy(s);

@@ -307,6 +307,24 @@ def test_concurrent_close_and_release_after_close():
     assert st.stats()["held"] == 0
 
 
+def test_stale_view_after_close_or_gc_does_not_crash():
+    import gc
+    d = 1 << 21  # 8 MiB buffers: mmap'ed, so a freed one would be unmapped
+    st = ParameterStore(d, init=np.full(d, 3.0, np.float32))
+    with st.acquire() as snap:
+        a = snap.array
+    att = st.begin(0)
+    b = att.out
+    att.abort()
+    st.close()
+    assert a[-1] == 3.0 and b.shape == (d,)  # memory kept: views still referenced
+    del st, snap, att
+    gc.collect()
+    assert a[0] == 3.0  # a view keeps the store (and its memory) alive
+    del a, b
+    gc.collect()
+
+
 def test_close_while_threads_update():
     st = ParameterStore(20000, "leashed")
     u = np.ones(20000, np.float32)
