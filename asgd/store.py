@@ -375,6 +375,8 @@ class ParameterStore:
                 cd = fb("float[]", u)
                 return (cd,), (len(cd),), 1
             if type(u) is not list and type(u) is not tuple:
+                if hasattr(u, "__array__"):  # one array-like, e.g. a jax array
+                    return self._segments(self._leaf(u))
                 u = list(u)
             for a in u:
                 if type(a) is not np.ndarray or a.dtype is not _F32:

@@ -91,6 +91,16 @@ def test_jax_device_put_aliases_snapshot():
         assert x.unsafe_buffer_pointer() == snap.array.ctypes.data
 
 
+def test_update_accepts_jax_arrays():
+    jnp = pytest.importorskip("jax.numpy")
+    st = ParameterStore(10, "leashed")
+    st.update(jnp.ones(10, jnp.float32), 1.0, 0)                  # one array
+    st.update([jnp.ones(4, jnp.float32), jnp.ones((2, 3), jnp.float32)], 1.0, 1)  # leaves
+    np.testing.assert_array_equal(st.read_copy(), np.full(10, 2.0))
+    with pytest.raises(TypeError):
+        st.update(jnp.ones(10, jnp.int32), 1.0, 0)
+
+
 def test_hogwild_acquire_shared_or_copy():
     st = ParameterStore(64, "hogwild")
     with st.acquire() as a, st.acquire() as b, st.acquire(copy=True) as c:
