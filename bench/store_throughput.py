@@ -1,6 +1,6 @@
 """Update throughput of the C parameter store, from Python (prints figures; not a test).
 
-    python bench/store_throughput.py [--reps 5] [--seconds 0.5] [--dims 134794,10000000]
+    python bench/store_throughput.py [--reps 7] [--seconds 0.3] [--dims 134794,10000000]
 
 For each d (134,794 = the MLP 784-128-128-128-10; 10^7) it measures, in the same run:
 
@@ -11,9 +11,11 @@ For each d (134,794 = the MLP 784-128-128-128-10; 10^7) it measures, in the same
   update is given as the 8 leaves of the MLP's gradient pytree (what the
   executors pass) and, for LEASHED, also as one array;
 
-and prints the median over --reps repetitions of updates/s, us per update, the
+and prints the median over --reps rounds of updates/s, us per update, the
 ratio of the per-update time to the reference (1 thread), and the CAS failure
-rate. With 2 threads "ratio" is (time per update per thread) / ref, i.e. > 1
+rate. Each round runs every configuration once, interleaved, and the ratio is
+taken within the round, so bursts of load from other processes on a shared
+machine hit the reference and the store alike. With 2 threads "ratio" is (time per update per thread) / ref, i.e. > 1
 means each thread is slowed by the other; a 2-thread reference with private
 arrays is given to show the machine's own parallel limit (memory bandwidth).
 Data are real pages (not zero pages) and every configuration is warmed up.
@@ -86,70 +88,70 @@ def store_body(st, u, scales):
     return body
 
 
-def measure(label, d, n_threads, make_body, reps, seconds, store=None):
-    rates, fails = [], []
-    run_threads(n_threads, make_body(), min(0.2, seconds))  # warm-up: buffers, page faults
-    for _ in range(reps):
-        s0 = store.stats() if store else None
-        rates.append(run_threads(n_threads, make_body(), seconds))
-        if store:
-            s1 = store.stats()
-            att = s1["cas_attempts"] - s0["cas_attempts"]
-            fails.append((s1["cas_failures"] - s0["cas_failures"]) / att if att else 0.0)
-    return statistics.median(rates), (statistics.median(fails) if fails else None), rates
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=0.5)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--seconds", type=float, default=0.3)
     p.add_argument("--dims", default="134794,10000000")
     a = p.parse_args()
     dims = [int(x) for x in a.dims.split(",")]
     scales = np.array([0.01 / (1 + t) for t in range(64)], np.float32)
-    print(f"# pstore update throughput; {os.cpu_count()} CPUs; ASGD_PSTORE_CFLAGS="
+    print(f"# pstore update throughput; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}; "
+          f"ASGD_PSTORE_CFLAGS="
           f"{os.environ.get('ASGD_PSTORE_CFLAGS', '(default -O3 -march=native -fopenmp-simd)')}")
-    print(f"# median of {a.reps} x {a.seconds}s; ratio = (us/update per thread) / (ref us, 1 thread)")
-    hdr = f"{'d':>9} {'what':<26} {'thr':>3} {'updates/s':>11} {'us/upd':>9} {'ratio':>6} {'CAS fail':>8}"
+    print(f"# {a.reps} rounds; each round runs every configuration once for {a.seconds}s, "
+          "interleaved; figures are medians over rounds.")
+    print("# ratio = (us per update per thread) / (ref us, 1 thread, same round)")
+    hdr = (f"{'d':>9} {'what':<26} {'thr':>3} {'updates/s':>11} {'us/upd':>9} "
+           f"{'ratio':>6} {'CAS fail':>8}")
     print(hdr)
     print("-" * len(hdr))
     for d in dims:
-        ref1, _, _ = measure("ref", d, 1, lambda: ref_body(d), a.reps, a.seconds)
-        ref_us = 1e6 / ref1
-        rows = [("ref C copy+axpy", 1, ref1, None)]
-        ref2, _, _ = measure("ref", d, 2, lambda: ref_body(d), a.reps, a.seconds)
-        rows.append(("ref C copy+axpy (private)", 2, ref2, None))
         u_one = filled(d, 0.5)
         variants = []
         if d == sum(MLP_LEAVES):
-            leaves = []
-            off = 0
+            leaves, off = [], 0
             for n in MLP_LEAVES:
                 leaves.append(u_one[off:off + n])
                 off += n
-            variants.append(("leashed", "8 leaves", leaves))
-            variants.append(("leashed", "1 array", u_one))
-            variants.append(("hogwild", "8 leaves", leaves))
-            variants.append(("locked", "8 leaves", leaves))
+            variants = [("leashed", "8 leaves", leaves), ("leashed", "1 array", u_one),
+                        ("hogwild", "8 leaves", leaves), ("locked", "8 leaves", leaves)]
         else:
-            for mode in ("leashed", "hogwild", "locked"):
-                variants.append((mode, "1 array", u_one))
+            variants = [(m, "1 array", u_one) for m in ("leashed", "hogwild", "locked")]
+        # configurations: (label, threads, body factory, store or None)
+        configs = [("ref C copy+axpy", 1, lambda: ref_body(d), None),
+                   ("ref C copy+axpy (private)", 2, lambda: ref_body(d), None)]
         for mode, form, u in variants:
             for nt in (1, 2):
                 st = ParameterStore(d, mode, init=filled(d, 1.0))
-                rate, fail, _ = measure(mode, d, nt, lambda: store_body(st, u, scales),
-                                        a.reps, a.seconds, store=st)
-                rows.append((f"{mode.upper()} ({form})", nt, rate, fail))
-                st.close()
-        for what, nt, rate, fail in rows:
+                configs.append((f"{mode.upper()} ({form})", nt,
+                                (lambda st=st, u=u: store_body(st, u, scales)), st))
+        rates = [[] for _ in configs]
+        fails = [[] for _ in configs]
+        ratios = [[] for _ in configs]
+        for _, nt, mk, st in configs:  # warm-up: buffers, page faults
+            run_threads(nt, mk(), 0.1)
+        for _ in range(a.reps):
+            for i, (_, nt, mk, st) in enumerate(configs):
+                s0 = st.stats() if st else None
+                rates[i].append(run_threads(nt, mk(), a.seconds))
+                if st:
+                    s1 = st.stats()
+                    att = s1["cas_attempts"] - s0["cas_attempts"]
+                    fails[i].append((s1["cas_failures"] - s0["cas_failures"]) / att if att else 0.0)
+            ref_rate = rates[0][-1]
+            for i, (_, nt, _, _) in enumerate(configs):
+                ratios[i].append(ref_rate / rates[i][-1] * nt)
+        for i, (what, nt, _, st) in enumerate(configs):
+            rate = statistics.median(rates[i])
             us = 1e6 / rate * nt  # wall time per update per thread
-            fs = f"{100 * fail:7.2f}%" if fail is not None and mode_has_cas(what) else f"{'-':>8}"
-            print(f"{d:>9} {what:<26} {nt:>3} {rate:>11.0f} {us:>9.2f} {us / ref_us:>6.2f} {fs}")
-        print()
-
-
-def mode_has_cas(what):
-    return what.startswith("LEASHED")
+            fs = (f"{100 * statistics.median(fails[i]):7.2f}%" if st is not None
+                  and st.mode == "leashed" else f"{'-':>8}")
+            print(f"{d:>9} {what:<26} {nt:>3} {rate:>11.0f} {us:>9.2f} "
+                  f"{statistics.median(ratios[i]):>6.2f} {fs}")
+            if st:
+                st.close()
+        print(flush=True)
 
 
 if __name__ == "__main__":
