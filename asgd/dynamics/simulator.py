@@ -224,6 +224,7 @@ class SimResult(NamedTuple):
             "staleness_hist": self.hist.tolist(),
             "cas_attempts_hist": self.attempts_hist.tolist(),
             "cas_attempts_mean": float(self.attempts.mean()) if self.attempts.size else None,
+            "cas_failures": int(self.attempts.sum() - tau.size),
             "throughput": self.throughput,
             "throughput_per_worker": self.throughput_per_worker.tolist(),
         }
