@@ -83,6 +83,22 @@ class RunWriter:
     def summary(self, summary: dict) -> None:
         write_json_atomic(os.path.join(self.run_dir, "summary.json"), summary)
 
+    def step_times(self, logs) -> None:
+        """Per-worker timings as ``step_times.npz`` (read by asgd.dynamics validate).
+
+        Arrays ``read_s_<k>``, ``compute_s_<k>``, ``update_s_<k>`` (seconds) and
+        ``attempts_<k>`` for worker k, in the order the worker ran.
+        """
+        arrays = {}
+        for k, log in enumerate(logs):
+            arrays[f"read_s_{k}"] = np.asarray(log.read_s, np.float64)
+            arrays[f"compute_s_{k}"] = np.asarray(log.compute_s, np.float64)
+            arrays[f"update_s_{k}"] = np.asarray(log.update_s, np.float64)
+            arrays[f"attempts_{k}"] = np.asarray(log.attempts, np.int64)
+        tmp = os.path.join(self.run_dir, "step_times.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, os.path.join(self.run_dir, "step_times.npz"))
+
     def close(self) -> None:
         self._metrics.close()
 

@@ -28,6 +28,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={cfg.threads}")
     if cfg.persistence < -1:
         raise ConfigError(f"persistence must be -1 (retry until success) or >= 0, got {cfg.persistence}")
+    if cfg.stepsize == "dc_asgd" and cfg.algorithm not in ("sequential", "leashed"):
+        raise ConfigError("stepsize 'dc_asgd' needs each update's theta_now - theta_read, which "
+                          "the sequential and leashed executors provide; use one of those")
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
     if not cfg.learning_rate > 0:

@@ -24,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.mlp_hidden = (128, 128, 128)  # hidden layer widths of the MLP
 
     # Algorithm.
-    c.algorithm = "sequential"    # sequential | sync | lock | hogwild | leashed
-    c.threads = 1                 # worker threads m
+    c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
+    c.threads = 2                 # worker threads m
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
     c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
 

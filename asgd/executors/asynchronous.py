@@ -44,27 +44,47 @@ class LiveScales:
 
 
 def worker_loop(problem, batches, store, tickets: Tickets, log: WorkerLog,
-                scales: LiveScales, persistence: int) -> None:
-    """Run one asynchronous worker until ``tickets`` says stop."""
+                scales: LiveScales, persistence: int, dc_lambda: float = 0.0) -> None:
+    """Run one asynchronous worker until ``tickets`` says stop.
+
+    With ``dc_lambda > 0`` (DC-ASGD, leashed store only) the worker keeps its
+    snapshot theta_read through the update and each CAS attempt applies
+    ``-alpha(tau) * (g + lambda * g*g*(theta_now - theta_read))`` with that
+    attempt's theta_now, through the store's two-phase API.
+    """
     grad_fn = problem.grad_fn
+    clock = time.perf_counter
     while (i := tickets.take()) is not None:
         x, y = batches.get(i)
-        start = time.perf_counter()
-        with store.acquire() as snapshot:
+        began = clock()
+        snapshot = store.acquire()
+        try:
+            acquired = clock()
             loss, grads = grad_fn(snapshot.array, x, y)
             leaves = jax.block_until_ready(jax.tree.leaves(grads))
             t_read = snapshot.version
-        loss = float(loss)
-        log.compute_s.append(time.perf_counter() - start)
-        log.loss.append(loss)
-        if not math.isfinite(loss):
-            tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
-        if tickets.stopped:
-            log.discarded += 1
-            tickets.finish(False)
-            return
-        result = store.update([np.asarray(leaf) for leaf in leaves], scales.array, t_read,
-                              persistence)
+            computed = clock()
+            loss = float(loss)
+            log.read_s.append(acquired - began)
+            log.compute_s.append(computed - acquired)
+            log.loss.append(loss)
+            if not math.isfinite(loss):
+                tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
+            if tickets.stopped:
+                log.discarded += 1
+                tickets.finish(False)
+                return
+            if dc_lambda:
+                result = store.update_with(
+                    delay_compensated(leaves, snapshot.array, scales.array, dc_lambda),
+                    t_read, persistence)
+            else:
+                snapshot.release()
+                result = store.update(leaves, scales.array, t_read, persistence)
+        finally:
+            if not snapshot.released:
+                snapshot.release()
+        log.update_s.append(clock() - computed)
         log.attempts.append(result.attempts)
         if result.applied:
             log.staleness.append(result.staleness)
@@ -73,7 +93,29 @@ def worker_loop(problem, batches, store, tickets: Tickets, log: WorkerLog,
         tickets.finish(result.applied, after_stop=tickets.stopped)
 
 
-def run_async(cfg, problem, writer, store, schedule, threads: int, persistence: int) -> dict:
+def delay_compensated(leaves, theta_read: np.ndarray, scales: np.ndarray, lam: float):
+    """The per-attempt DC-ASGD rule for ``store.update_with`` (Zheng et al. 2017).
+
+    ``out`` arrives holding theta_now (the version this attempt builds on);
+    it becomes ``theta_now + scales[tau] * (g + lam * g*g*(theta_now - theta_read))``.
+    """
+    g = np.concatenate([np.asarray(leaf).reshape(-1) for leaf in leaves])
+    work = np.empty_like(g)
+
+    def apply(out: np.ndarray, staleness: int) -> None:
+        np.subtract(out, theta_read, out=work)
+        np.multiply(work, g, out=work)
+        np.multiply(work, g, out=work)
+        np.multiply(work, lam, out=work)
+        np.add(work, g, out=work)
+        np.multiply(work, scales[min(staleness, len(scales) - 1)], out=work)
+        np.add(out, work, out=out)
+
+    return apply
+
+
+def run_async(cfg, problem, writer, store, schedule, threads: int, persistence: int,
+              dc_lambda: float = 0.0) -> dict:
     """Run ``threads`` asynchronous workers over ``store``; returns the summary."""
     from functools import partial
 
@@ -86,6 +128,6 @@ def run_async(cfg, problem, writer, store, schedule, threads: int, persistence: 
     logs = [WorkerLog() for _ in range(threads)]
     scales = LiveScales(schedule)
     monitor = Monitor(cfg, problem, store, tickets, logs, writer, stop, scales)
-    run_threads([partial(worker_loop, problem, batches, store, tickets, log, scales, persistence)
-                 for log in logs], monitor)
+    run_threads([partial(worker_loop, problem, batches, store, tickets, log, scales, persistence,
+                         dc_lambda) for log in logs], monitor)
     return monitor.summary()

@@ -86,7 +86,9 @@ class WorkerLog:
         self.loss: list[float] = []       # minibatch loss of every computed gradient
         self.staleness: list[int] = []    # tau of every applied update
         self.attempts: list[int] = []     # CAS attempts of every update (applied or dropped)
-        self.compute_s: list[float] = []  # wall time of every gradient computation
+        self.read_s: list[float] = []     # store.acquire call of every gradient (lock: wait + copy)
+        self.compute_s: list[float] = []  # gradient computation only, snapshot in hand
+        self.update_s: list[float] = []   # store.update call of every update (waits, retries)
         self.dropped = 0
         self.discarded = 0                # gradients computed after a stop, not applied
 
@@ -181,6 +183,7 @@ class Monitor:
         if self.progress is not None:
             self.progress.close()
         self.writer.summary(self.summary())
+        self.writer.step_times(self.logs)
 
     # -- events -------------------------------------------------------------
     def _new(self, attribute: str, seen: list[int]) -> list:

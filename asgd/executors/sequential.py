@@ -8,7 +8,6 @@ reference the C kernel's stores are checked against.
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -26,9 +25,20 @@ def aligned_empty(size: int, alignment: int = 64) -> np.ndarray:
     return raw[offset:offset + size]
 
 
-class Snapshot(NamedTuple):
-    array: np.ndarray
-    version: int
+class Snapshot:
+    """A snapshot of the single-threaded store: the vector itself."""
+
+    def __init__(self, array: np.ndarray, version: int):
+        self.array, self.version, self.released = array, version, False
+
+    def release(self) -> None:
+        self.released = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 class UpdateResult(NamedTuple):
@@ -47,9 +57,8 @@ class NumpyStore:
         self.version = 0
         self._scaled = np.empty_like(self.x)
 
-    @contextlib.contextmanager
-    def acquire(self):
-        yield Snapshot(self.x, self.version)
+    def acquire(self) -> Snapshot:
+        return Snapshot(self.x, self.version)
 
     def update(self, segments, scales: np.ndarray, t_read: int, persistence: int = -1) -> UpdateResult:
         """x <- x + scales[tau] * u, with u the concatenation of ``segments``."""
@@ -57,13 +66,20 @@ class NumpyStore:
         scale = scales[min(tau, len(scales) - 1)]
         offset = 0
         for segment in segments:
-            u = segment.reshape(-1)
+            u = np.asarray(segment).reshape(-1)
             part = slice(offset, offset + u.size)
             np.multiply(u, scale, out=self._scaled[part])
             np.add(self.x[part], self._scaled[part], out=self.x[part])
             offset += u.size
         if offset != self.x.size:
             raise ValueError(f"update has {offset} elements, the store has {self.x.size}")
+        self.version += 1
+        return UpdateResult(True, 1, tau, self.version)
+
+    def update_with(self, fn, t_read: int, persistence: int = -1) -> UpdateResult:
+        """Two-phase update: ``fn(x, tau)`` writes the new vector in place."""
+        tau = self.version - t_read
+        fn(self.x, tau)
         self.version += 1
         return UpdateResult(True, 1, tau, self.version)
 
@@ -80,4 +96,6 @@ class NumpyStore:
 def run(cfg, problem, writer, schedule) -> dict:
     """Plain SGD, one thread, ``cfg.threads`` ignored (must be 1)."""
     store = NumpyStore(problem.init_flat)
-    return run_async(cfg, problem, writer, store, schedule, threads=1, persistence=-1)
+    dc_lambda = float(cfg.dc_lambda) if cfg.stepsize == "dc_asgd" else 0.0
+    return run_async(cfg, problem, writer, store, schedule, threads=1, persistence=-1,
+                     dc_lambda=dc_lambda)

@@ -24,8 +24,10 @@ def make_runner(algorithm: str):
     def run(cfg, problem, writer, schedule) -> dict:
         from asgd.store import ParameterStore
         persistence = int(cfg.persistence) if algorithm == "leashed" else -1
+        dc_lambda = float(cfg.dc_lambda) if cfg.stepsize == "dc_asgd" else 0.0
         with ParameterStore(problem.layout.size, mode=mode, init=problem.init_flat) as store:
-            return run_async(cfg, problem, writer, store, schedule, int(cfg.threads), persistence)
+            return run_async(cfg, problem, writer, store, schedule, int(cfg.threads), persistence,
+                             dc_lambda)
 
     run.__doc__ = f"{algorithm}: asynchronous SGD on a {mode.upper()} store."
     return run

@@ -1,0 +1,127 @@
+"""The parallel executors on digits: accuracy, staleness, stopping, metrics."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from asgd import metrics
+from asgd.run import ConfigError, train
+
+ALGORITHMS = ("sequential", "sync", "lock", "hogwild", "leashed")
+
+
+def configure(config, algorithm, threads, **fields):
+    config.algorithm = algorithm
+    config.threads = 1 if algorithm == "sequential" else threads
+    for key, value in fields.items():
+        config[key] = value
+    return config
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_trains_digits_to_90_percent(config, algorithm):
+    summary = train(configure(config, algorithm, 2))
+    assert summary["eval_accuracy"] >= 0.90
+    # Exactly the requested number of updates, and the histograms add up.
+    assert summary["updates"] == config.num_updates
+    assert sum(summary["staleness_hist"]) == summary["updates"]
+    for worker_hist in summary["staleness_hist_per_worker"]:
+        assert all(count >= 0 for count in worker_hist)
+    assert np.sum([sum(h) for h in summary["staleness_hist_per_worker"]]) == summary["updates"]
+    attempts = summary["cas_attempts_hist"]
+    assert sum(attempts) == summary["updates"] + summary["dropped_updates"]
+    assert sum(k * n for k, n in enumerate(attempts)) == (
+        summary["updates"] + summary["dropped_updates"] + summary["cas_failures"])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_one_thread_means_zero_staleness_and_the_same_updates(config, algorithm):
+    reference = train(configure(config, "sequential", 1, num_updates=300))
+    summary = train(configure(config, algorithm, 1, num_updates=300))
+    assert summary["staleness_hist"] == [300]
+    assert summary["cas_failures"] == 0 and summary["dropped_updates"] == 0
+    # Same seed, same minibatches, same arithmetic: the same parameters.
+    assert summary["eval_loss"] == reference["eval_loss"]
+
+
+def test_two_threads_see_staleness(config):
+    summary = train(configure(config, "lock", 2, num_updates=1500))
+    assert summary["staleness_max"] >= 1
+    assert len(summary["staleness_hist_per_worker"]) == 2
+
+
+def test_leashed_with_persistence_0_and_8_threads_drops_and_counts(config):
+    # A wider MLP makes each update long enough that 8 threads on few cores collide.
+    summary = train(configure(config, "leashed", 8, persistence=0, num_updates=1500,
+                              batch_size=8, mlp_hidden=(256, 256)))
+    assert summary["dropped_updates"] > 0
+    assert summary["cas_failures"] == summary["dropped_updates"]  # one attempt each
+    assert summary["cas_attempts_hist"] == [0, summary["updates"] + summary["dropped_updates"]]
+    assert summary["updates"] == 1500  # dropped updates free their ticket for another
+    assert summary["peak_live_buffers"] <= 2 * 8 + 1
+
+
+def test_leashed_memory_is_claimed_only_when_needed(config):
+    summary = train(configure(config, "leashed", 2, num_updates=500))
+    assert 1 <= summary["peak_live_buffers"] <= summary["buffers_allocated"] <= 2 * 2 + 1
+    rows = metrics.read_jsonl(os.path.join(summary["run_dir"], "metrics.jsonl"))
+    assert all(1 <= r["live_buffers"] <= 5 for r in rows)
+
+
+def test_sync_is_deterministic(config):
+    first = train(configure(config, "sync", 2, num_updates=200))
+    second = train(configure(config, "sync", 2, num_updates=200))
+    assert first["eval_loss"] == second["eval_loss"]
+    assert first["updates"] == second["updates"] == 200
+
+
+def test_time_budget_writes_complete_results(config):
+    summary = train(configure(config, "hogwild", 2, num_updates=0, time_budget_s=1.0))
+    assert summary["stop_reason"] == "time_budget"
+    assert summary["applied_after_stop"] <= 2
+    run_dir = summary["run_dir"]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["updates"] == summary["updates"] > 0
+    assert sum(on_disk["staleness_hist"]) == on_disk["updates"]
+    rows = metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    assert rows[-1]["updates"] == on_disk["updates"] and "eval_accuracy" in rows[-1]
+    times = np.load(os.path.join(run_dir, "step_times.npz"))
+    assert {"compute_s_0", "compute_s_1", "update_s_0", "read_s_1", "attempts_0"} <= set(times.files)
+    assert len(times["compute_s_0"]) + len(times["compute_s_1"]) >= on_disk["updates"]
+
+
+def test_divergence_stops_with_a_clear_reason_and_keeps_results(config):
+    summary = train(configure(config, "leashed", 2, learning_rate=1e6, num_updates=2000))
+    assert summary["stop_reason"].startswith("diverged")
+    assert summary["updates"] < 2000
+    assert os.path.exists(os.path.join(summary["run_dir"], "summary.json"))
+
+
+def test_dc_asgd_runs_on_leashed(config):
+    summary = train(configure(config, "leashed", 2, stepsize="dc_asgd", num_updates=1500))
+    assert summary["eval_accuracy"] >= 0.90
+
+
+def test_leashed_with_mindthestep_trains(config):
+    summary = train(configure(config, "leashed", 2, stepsize="mindthestep", num_updates=3000))
+    assert summary["eval_accuracy"] >= 0.90
+    alpha = summary["alpha_table"]
+    assert alpha[0] != alpha[3]  # the table depends on tau, and it is recorded
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"threads": 0}, "threads must be in"),
+    ({"threads": 10_000}, "threads must be in"),
+    ({"persistence": -2}, "persistence must be"),
+    ({"batch_size": 100_000}, "larger than the training set"),
+    ({"algorithm": "lock", "stepsize": "dc_asgd"}, "dc_asgd"),
+])
+def test_bad_parallel_settings_are_clear_errors(config, fields, message):
+    for key, value in fields.items():
+        config[key] = value
+    with pytest.raises(ValueError, match=message):
+        train(config)
+    assert ConfigError.__mro__[1] is ValueError
