@@ -471,9 +471,17 @@ def test_missing_build_message(monkeypatch):
 
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("cc") is None,
                     reason="needs make and a C compiler")
-def test_c_stress_short():
+@pytest.mark.parametrize("target", ["stress-short", "tsan", "asan"])
+def test_c_stress_short_plain_and_under_sanitizers(target):
+    """The C stress program's short run, plain, under TSan, and under ASan+UBSan.
+
+    The Makefile makes any sanitizer report fatal (nonzero exit).
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run(["make", "-s", "-C", os.path.join(root, "ckernels"), "stress-short"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(["make", "-s", "-C", os.path.join(root, "ckernels"), target],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED" in r.stdout
+    assert "WARNING: ThreadSanitizer" not in r.stdout + r.stderr
+    assert "ERROR: AddressSanitizer" not in r.stdout + r.stderr
+    assert "runtime error" not in r.stdout + r.stderr

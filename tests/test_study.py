@@ -244,7 +244,10 @@ def test_staleness_plot_overlays_the_best_fitting_model(tmp_path, monkeypatch):
         seen.append(list(hist))
         return "geometric", Geometric(), {"geometric": 0.0}
 
-    monkeypatch.setitem(sys.modules, "asgd.staleness", types.SimpleNamespace(best_fit=best_fit))
+    import asgd
+    fake = types.SimpleNamespace(best_fit=best_fit)
+    monkeypatch.setitem(sys.modules, "asgd.staleness", fake)
+    monkeypatch.setattr(asgd, "staleness", fake, raising=False)
     runs = [fake_run(seed, [0, 1], [1.0, 0.5], staleness_hist=[5, 3, 1 + seed]) for seed in (0, 1)]
     fig = plots.staleness(aggregate.group_runs(runs), log=print)
     plots.save(fig, str(tmp_path), "staleness")
