@@ -162,13 +162,14 @@ class Monitor:
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
         from tqdm import tqdm
-        self.t0 = time.perf_counter()
+        self.t0, self.t_end = time.perf_counter(), None
         self.progress = tqdm(total=self.stop.num_updates or None, unit="upd", dynamic_ncols=True,
                              disable=bool(self.cfg.quiet), mininterval=0.5, leave=False)
         self._emit(force_eval=True)
+        self.t0 = time.perf_counter()  # the clock starts after the initial evaluation
 
     def poll(self) -> None:
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self._elapsed()
         if self.stop.time_budget_s > 0 and elapsed >= self.stop.time_budget_s:
             self.tickets.stop("time_budget")
         applied = self.tickets.applied
@@ -179,6 +180,7 @@ class Monitor:
             self.progress.refresh() if self.progress.n % 50 == 0 else None
 
     def finish(self) -> None:
+        self.t_end = time.perf_counter()  # the workers are done; the final eval is not timed
         self._emit(force_eval=True)
         if self.progress is not None:
             self.progress.close()
@@ -195,10 +197,14 @@ class Monitor:
             seen[k] = end
         return fresh
 
+    def _elapsed(self) -> float:
+        """Training wall time: from after the initial evaluation to the workers' end."""
+        return (self.t_end or time.perf_counter()) - self.t0
+
     def _emit(self, force_eval: bool) -> None:
         """One metrics.jsonl event: train loss since the last one, maybe eval."""
         applied = self.tickets.applied
-        elapsed = time.perf_counter() - self.t0
+        elapsed = 0.0 if applied == 0 and self.t_end is None else self._elapsed()
         losses = self._new("loss", self._loss_seen)
         record = {"updates": applied, "wall_time_s": elapsed}
         if losses:
@@ -234,7 +240,7 @@ class Monitor:
 
     # -- summary ------------------------------------------------------------
     def summary(self) -> dict:
-        elapsed = time.perf_counter() - self.t0
+        elapsed = self._elapsed()
         applied = self.tickets.applied
         taus_per_worker = [np.asarray(log.staleness, np.int64) for log in self.logs]
         taus = np.concatenate(taus_per_worker) if taus_per_worker else np.zeros(0, np.int64)
