@@ -639,6 +639,10 @@ def from_config(cfg) -> optax.GradientTransformationExtraArgs:
         return optax.chain(dc_asgd(float(_field(cfg, "dc_lambda"))), constant(alpha))
 
     model_name = _field(cfg, "stepsize_model")
+    if m == 1 and float(_field(cfg, "stepsize_model_param")) <= 0 and model_name != "empirical":
+        # One worker: staleness is always 0, P is a point mass at 0, and
+        # alpha(0) = alpha is the whole MindTheStep table.
+        return constant(alpha)
     model = _config_model("poisson" if model_name == "empirical" else model_name,
                           float(_field(cfg, "stepsize_model_param")), m)
     fit = None

@@ -283,13 +283,20 @@ def test_from_config_reads_ml_collections():
     assert step(ss.from_config(cfg), 1) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("model", ["poisson", "geometric", "cmp"])
+def test_from_config_mindthestep_with_one_thread_is_constant(model):
+    """m=1 means tau = 0 always: P is a point mass and alpha(0) = alpha."""
+    tx = ss.from_config({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 1,
+                         "stepsize_model": model})
+    assert [step(tx, tau) for tau in (0, 1, 50)] == pytest.approx([0.1, 0.1, 0.1])
+
+
 @pytest.mark.parametrize("cfg,match", [
     ({"learning_rate": 0.1, "stepsize": "adam"}, "valid: \\['constant'"),
     ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4, "stepsize_model": "zipf"},
      "valid:"),
     ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4, "stepsize_target": "x"},
      "valid:"),
-    ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 1}, "threads >= 2"),
     ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4,
       "stepsize_model": "empirical"}, "stepsize_window > 0"),
     ({"learning_rate": 0.0, "stepsize": "constant"}, "alpha must be"),
