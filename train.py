@@ -13,34 +13,12 @@ import os
 import sys
 
 from absl import flags
-from ml_collections import config_flags
+
+from asgd.cli import fail, parse_config
+
+PROG = "train.py"
 
 flags.DEFINE_boolean("print_summary", True, "Print summary.json when the run ends.")
-
-
-def fail(message: str) -> None:
-    print(f"train.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse(argv: list[str]):
-    """Parse the flags; any bad flag or config value becomes one line and exit 2.
-
-    The config flag is defined here, not at import, because ml_collections
-    applies ``--config.*`` overrides while defining it.
-    """
-    try:
-        config = config_flags.DEFINE_config_file(
-            "config", "configs/default.py", "Path to a config file defining get_config().")
-        flags.FLAGS(argv)
-        return config.value
-    except (flags.Error, KeyError, TypeError, ValueError, AttributeError, OSError) as e:
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        if isinstance(e, (KeyError, AttributeError)):
-            fail(f"unknown config field {lines[0].strip(chr(34) + chr(39))!r} (see configs/default.py for the fields)")
-        if isinstance(e, OSError):
-            fail(f"cannot load the config file given by --config ({lines[0]})")
-        fail(lines[0])
 
 
 def restrict_cpus(count: int) -> None:
@@ -56,7 +34,7 @@ def restrict_cpus(count: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse(argv)
+    cfg = parse_config(argv, "configs/default.py", PROG)
     try:
         from asgd.run import train, validate
         validate(cfg)
@@ -64,7 +42,7 @@ def main(argv: list[str]) -> int:
             restrict_cpus(cfg.cpus)
         summary = train(cfg)
     except ValueError as e:  # bad config values, data, step-size parameters
-        fail(str(e).splitlines()[0])
+        fail(PROG, str(e).splitlines()[0])
     if flags.FLAGS.print_summary:
         keys = ("run_dir", "algorithm", "threads", "updates", "wall_time_s", "updates_per_s",
                 "eval_loss", "eval_accuracy", "staleness_mean", "staleness_max", "cas_failures",

@@ -24,10 +24,12 @@ import sys
 import time
 from typing import NamedTuple
 
-from absl import flags
-from ml_collections import config_dict, config_flags
+from ml_collections import config_dict
 
 from asgd import metrics
+from asgd.cli import fail, parse_config
+
+PROG = "asgd.study"
 
 SWEEPS = ("algorithms", "threads", "stepsizes", "learning_rates", "persistences", "seeds")
 # Config fields that may differ between a finished run and the study asking for it.
@@ -212,34 +214,12 @@ def run_study(study, log=print) -> dict:
     return counts
 
 
-def fail(message: str) -> None:
-    print(f"asgd.study: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse(argv: list[str]):
-    """Parse the flags; a bad flag or config value is one line and exit 2."""
-    try:
-        config = config_flags.DEFINE_config_file(
-            "config", "configs/study_digits.py", "Path to a study config file defining get_config().")
-        flags.FLAGS(argv)
-        return config.value
-    except (flags.Error, KeyError, TypeError, ValueError, AttributeError, OSError) as e:
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        if isinstance(e, (KeyError, AttributeError)):
-            fail(f"unknown config field {lines[0].strip(chr(34) + chr(39))!r} "
-                 "(see configs/study_digits.py for the fields)")
-        if isinstance(e, OSError):
-            fail(f"cannot load the config file given by --config ({lines[0]})")
-        fail(lines[0])
-
-
 def main(argv: list[str]) -> int:
-    study = parse(argv)
+    study = parse_config(argv, "configs/study_digits.py", PROG)
     try:
         counts = run_study(study)
     except ValueError as e:  # StudyError, ConfigError, DataError
-        fail(str(e).splitlines()[0])
+        fail(PROG, str(e).splitlines()[0])
     return 1 if counts["failed"] else 0
 
 

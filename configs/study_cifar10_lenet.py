@@ -8,30 +8,15 @@ Needs the raw binary batches (data_batch_*.bin, test_batch.bin):
 
 import ml_collections
 
-from configs import default
+from configs import cifar10_lenet, study_mnist_mlp
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    b = default.get_config()
-    b.dataset = "cifar10"
-    b.data_dir = ""
-    b.model = "lenet"
-    b.batch_size = 64
-    b.learning_rate = 0.01
-    b.num_updates = 0
-    b.epochs = 10
-    b.eval_every = 1000
-    b.log_every = 100
-    c.base = b
-    c.algorithms = ("sequential", "sync", "lock", "hogwild", "leashed")
-    c.threads = (1, 2, 4, 8)
-    c.stepsizes = ("constant", "mindthestep")
+    c = study_mnist_mlp.get_config()      # the same sweep
+    c.base = cifar10_lenet.get_config()   # CIFAR-10, LeNet-5, batch 64, alpha 0.01
+    c.base.epochs = 10
+    c.base.log_every = 100
     c.learning_rates = (0.01,)
-    c.persistences = (-1, 0, 1)
-    c.seeds = (0, 1, 2)
     c.targets = (2.0, 1.6, 1.4, 1.2)
     c.study_dir = "studies/cifar10_lenet"
-    c.isolate = True
-    c.quiet = False
     return c

@@ -10,27 +10,14 @@ Use --config.base.cpus=M to pin a run to M cores on a larger machine.
 
 import ml_collections
 
-from configs import default
-
-
-def base_config() -> ml_collections.ConfigDict:
-    b = default.get_config()
-    b.dataset = "mnist"
-    b.data_dir = "../shared/data/mnist"
-    b.model = "mlp"
-    b.mlp_hidden = (128, 128, 128)
-    b.batch_size = 128
-    b.learning_rate = 0.05
-    b.num_updates = 0
-    b.epochs = 20
-    b.eval_every = 500
-    b.log_every = 50
-    return b
+from configs import mnist_mlp
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = base_config()
+    c.base = mnist_mlp.get_config()        # MNIST raw files, MLP, batch 128, alpha 0.05
+    c.base.epochs = 20
+    c.base.log_every = 50
     c.algorithms = ("sequential", "sync", "lock", "hogwild", "leashed")
     c.threads = (1, 2, 4, 8)
     c.stepsizes = ("constant", "mindthestep")
