@@ -43,6 +43,11 @@ def main(argv: list[str]) -> int:
         summary = train(cfg)
     except ValueError as e:  # bad config values, data, step-size parameters
         fail(PROG, str(e).splitlines()[0])
+    except KeyboardInterrupt:
+        # The executor has already stopped its workers and written summary.json
+        # (stop_reason "interrupted") next to the metrics measured so far.
+        print(f"{PROG}: interrupted; the results folder holds what was measured", file=sys.stderr)
+        return 130
     if flags.FLAGS.print_summary:
         keys = ("run_dir", "algorithm", "threads", "updates", "wall_time_s", "updates_per_s",
                 "eval_loss", "eval_accuracy", "staleness_mean", "staleness_max", "cas_failures",

@@ -110,3 +110,25 @@ def test_missing_data_folder_is_exit_code_2(tmp_path):
     proc = run_train(tmp_path, "--config.dataset=mnist", f"--config.data_dir={tmp_path}/absent")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_leaves_valid_results(tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "train.py", "--config=configs/default.py",
+                             f"--config.workdir={tmp_path}", "--config.quiet=True",
+                             "--config.num_updates=0", "--config.time_budget_s=60"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until training has logged something
+        runs = list((tmp_path / "runs").glob("*/metrics.jsonl")) if (tmp_path / "runs").exists() else []
+        if runs and len(metrics.read_jsonl(str(runs[0]))) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    config, rows, summary = read_run(str(runs[0].parent))
+    assert summary["stop_reason"] == "interrupted"
+    assert summary["updates"] > 0 and rows[-1]["updates"] == summary["updates"]
