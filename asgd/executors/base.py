@@ -175,9 +175,8 @@ class Monitor:
         applied = self.tickets.applied
         if applied >= self.next_log or applied >= self.next_eval:
             self._emit(force_eval=False)
-        if self.progress is not None:
-            self.progress.n = applied
-            self.progress.refresh() if self.progress.n % 50 == 0 else None
+        if self.progress is not None and applied > self.progress.n:
+            self.progress.update(applied - self.progress.n)  # redraws at most every 0.5 s
 
     def finish(self) -> None:
         self.t_end = time.perf_counter()  # the workers are done; the final eval is not timed
