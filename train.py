@@ -57,6 +57,7 @@ def restrict_cpus(count: int) -> None:
 
 def main(argv: list[str]) -> int:
     cfg = parse(argv)
+    from asgd.executors.base import RunAborted
     try:
         from asgd.run import train, validate
         validate(cfg)
@@ -65,6 +66,9 @@ def main(argv: list[str]) -> int:
         summary = train(cfg)
     except ValueError as e:  # bad config values, data, step-size parameters
         fail(str(e).splitlines()[0])
+    except RunAborted as e:  # e.g. the Ray parameter server died; the results folder is written
+        print(f"train.py: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     if flags.FLAGS.print_summary:
         keys = ("run_dir", "algorithm", "threads", "updates", "wall_time_s", "updates_per_s",
                 "eval_loss", "eval_accuracy", "staleness_mean", "staleness_max", "cas_failures",
