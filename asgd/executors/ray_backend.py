@@ -329,15 +329,21 @@ class ParameterServer:
 class Worker:
     """Computes gradients: pull -> compute -> push until the server says stop."""
 
-    def __init__(self, k: int, ps, model: str, mlp_hidden, layout, train, batch_size: int, seed: int):
+    def __init__(self, k: int, ps, model: str, layout, train_ref: list, batch_size: int, seed: int):
+        """``train_ref``: [object ref of the training set], one copy per node, zero-copy here.
+
+        (In a list so Ray passes the reference: a restarted actor fetches it
+        again, and Ray does not warn about by-value arguments of restartable actors.)
+        """
         import jax
+        import ray
 
         from asgd import models
         from asgd.data import Batches
         from asgd.problem import make_grad_fn
         self.k, self.ps = k, ps
         self.grad_fn = make_grad_fn(models.get(model), layout)
-        self.batches = Batches(train, batch_size, seed)
+        self.batches = Batches(ray.get(train_ref[0]), batch_size, seed)
         x, y = self.batches.get(0)  # compile now, not on the clock
         jax.block_until_ready(self.grad_fn(np.zeros(layout.size, np.float32), x, y))
 
@@ -467,7 +473,7 @@ def run(cfg, problem, writer, schedule) -> dict:
         workers = [ray.remote(Worker).options(
             name=f"asgd-worker-{k}@{tag}", num_cpus=float(cfg.ray_worker_cpus),
             max_restarts=int(cfg.ray_max_restarts), max_task_retries=0).remote(
-            k, ps, cfg.model, tuple(cfg.mlp_hidden), problem.layout, train_ref,
+            k, ps, cfg.model, problem.layout, [train_ref],
             int(cfg.batch_size), int(cfg.seed)) for k in range(m)]
         ray.get([w.ready.remote() for w in workers], timeout=READY_TIMEOUT_S)
         problem.evaluate(problem.init_flat)  # compile eval before the clock starts
