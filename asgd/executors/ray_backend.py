@@ -69,6 +69,8 @@ def check(cfg) -> None:
     if cfg.stepsize == "dc_asgd":
         raise RayBackendError("stepsize 'dc_asgd' is not available with backend 'ray' "
                               "(it needs theta_read at every CAS attempt)")
+    if not cfg.ray_connect_timeout_s > 0:
+        raise RayBackendError(f"ray_connect_timeout_s must be positive, got {cfg.ray_connect_timeout_s}")
     if not cfg.ray_worker_cpus >= 0:
         raise RayBackendError(f"ray_worker_cpus must be >= 0, got {cfg.ray_worker_cpus}")
     if cfg.ray_max_restarts < -1:
