@@ -35,6 +35,7 @@ def restrict_cpus(count: int) -> None:
 
 def main(argv: list[str]) -> int:
     cfg = parse_config(argv, "configs/default.py", PROG)
+    from asgd.executors.base import RunAborted
     try:
         from asgd.run import train, validate
         validate(cfg)
@@ -43,6 +44,9 @@ def main(argv: list[str]) -> int:
         summary = train(cfg)
     except ValueError as e:  # bad config values, data, step-size parameters
         fail(PROG, str(e).splitlines()[0])
+    except RunAborted as e:  # e.g. the Ray parameter server died; the results folder is written
+        print(f"{PROG}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # The executor has already stopped its workers and written summary.json
         # (stop_reason "interrupted") next to the metrics measured so far.

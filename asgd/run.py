@@ -23,7 +23,8 @@ def validate(cfg) -> None:
     if cfg.data_dir and cfg.dataset != "digits" and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data folder {cfg.data_dir!r} does not exist")
     if not 1 <= cfg.threads <= executors.MAX_THREADS:
-        raise ConfigError(f"threads must be in 1..{executors.MAX_THREADS}, got {cfg.threads}")
+        what = "threads (Ray worker actors)" if cfg.get("backend") == "ray" else "threads"
+        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS}, got {cfg.threads}")
     if cfg.algorithm == "sequential" and cfg.threads != 1:
         raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={cfg.threads}")
     if cfg.persistence < -1:
@@ -41,6 +42,12 @@ def validate(cfg) -> None:
                   "cpus"):
         if cfg[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {cfg[field]}")
+    backend = cfg.get("backend", "local")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+    if backend == "ray":  # Ray installed, address reachable: fails in seconds, before data loads
+        from asgd.executors import ray_backend
+        ray_backend.check(cfg)
 
 
 def run_name(cfg) -> str:

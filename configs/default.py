@@ -25,9 +25,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Algorithm.
     c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
-    c.threads = 2                 # worker threads m
+    c.threads = 2                 # worker threads m (backend ray: worker actors)
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
     c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+
+    # Where the workers run (see docs/ray.md).
+    c.backend = "local"           # local: threads over shared memory | ray: worker actors + a parameter-server actor
+    c.ray_address = ""            # ray: "" starts a local Ray; "auto" joins the cluster of this node; or host:port
+    c.ray_connect_timeout_s = 5.0  # ray: seconds to reach ray_address before failing
+    c.ray_worker_cpus = 1.0       # ray: CPUs each worker actor reserves (threads * this must fit the cluster)
+    c.ray_max_restarts = 3        # ray: times Ray restarts a dead worker actor, which then rejoins
 
     # Optimisation.
     c.batch_size = 32

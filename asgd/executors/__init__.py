@@ -6,6 +6,9 @@ Each exposes ``run(cfg, problem, writer, schedule) -> summary``:
   lock        AsyncSGD: consistent reads and updates under a mutex
   hogwild     Hogwild!: lock-free, inconsistent reads, in-place updates
   leashed     Leashed-SGD: lock-free and consistent (CAS on a version pointer)
+
+``config.backend = "ray"`` runs sync, lock, hogwild and leashed with Ray
+worker actors and a parameter-server actor instead (``ray_backend``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def run(cfg, problem, writer, schedule) -> dict:
     """Compile, then run ``cfg.algorithm``; returns the summary it wrote."""
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {sorted(ALGORITHMS)}")
+    if cfg.get("backend", "local") == "ray":  # worker and parameter-server actors
+        from asgd.executors import ray_backend
+        return ray_backend.run(cfg, problem, writer, schedule)
     warm_up(cfg, problem)
     return ALGORITHMS[cfg.algorithm](cfg, problem, writer, schedule)
 

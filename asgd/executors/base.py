@@ -31,6 +31,10 @@ from asgd import metrics
 POLL_S = 0.01
 
 
+class RunAborted(RuntimeError):
+    """The run could not go on (e.g. a lost parameter server); summary.json was written."""
+
+
 class Tickets:
     """Hands out minibatch numbers; counts applied updates; decides the stop."""
 
