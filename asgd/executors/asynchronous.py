@@ -13,7 +13,6 @@ each worker repeats
 
 from __future__ import annotations
 
-import math
 import time
 
 import jax
@@ -64,15 +63,7 @@ def worker_loop(problem, batches, store, tickets: Tickets, log: WorkerLog,
             leaves = jax.block_until_ready(jax.tree.leaves(grads))
             t_read = snapshot.version
             computed = clock()
-            loss = float(loss)
-            log.read_s.append(acquired - began)
-            log.compute_s.append(computed - acquired)
-            log.loss.append(loss)
-            if not math.isfinite(loss):
-                tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
-            if tickets.stopped:
-                log.discarded += 1
-                tickets.finish(False)
+            if not log.gradient(tickets, float(loss), acquired - began, computed - acquired):
                 return
             if dc_lambda:
                 result = store.update_with(
@@ -84,13 +75,7 @@ def worker_loop(problem, batches, store, tickets: Tickets, log: WorkerLog,
         finally:
             if not snapshot.released:
                 snapshot.release()
-        log.update_s.append(clock() - computed)
-        log.attempts.append(result.attempts)
-        if result.applied:
-            log.staleness.append(result.staleness)
-        else:
-            log.dropped += 1
-        tickets.finish(result.applied, after_stop=tickets.stopped)
+        log.update(tickets, result, clock() - computed)
 
 
 def delay_compensated(leaves, theta_read: np.ndarray, scales: np.ndarray, lam: float):

@@ -96,6 +96,33 @@ class WorkerLog:
         self.dropped = 0
         self.discarded = 0                # gradients computed after a stop, not applied
 
+    def gradient(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> bool:
+        """Record one computed gradient; False when it must be discarded.
+
+        A non-finite loss stops the run (divergence). Once the run is stopping,
+        the gradient is discarded and its ticket returned unapplied.
+        """
+        self.read_s.append(read_s)
+        self.compute_s.append(compute_s)
+        self.loss.append(loss)
+        if not math.isfinite(loss):
+            tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
+        if tickets.stopped:
+            self.discarded += 1
+            tickets.finish(False)
+            return False
+        return True
+
+    def update(self, tickets: "Tickets", result, update_s: float) -> None:
+        """Record one store update (applied or dropped) and finish its ticket."""
+        self.update_s.append(update_s)
+        self.attempts.append(result.attempts)
+        if result.applied:
+            self.staleness.append(result.staleness)
+        else:
+            self.dropped += 1
+        tickets.finish(result.applied, after_stop=tickets.stopped)
+
 
 class StopConfig(NamedTuple):
     num_updates: int

@@ -223,25 +223,12 @@ class ParameterServer:
             if incarnation != self.incarnation[k] or self.outstanding[k] != ticket:
                 return None  # from an incarnation declared lost
             self.outstanding[k] = None
-            log, tickets = self.logs[k], self.tickets
-            log.read_s.append(read_s)
-            log.compute_s.append(compute_s)
-            log.loss.append(loss)
-            if not math.isfinite(loss):
-                tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
-            if tickets.stopped:
-                log.discarded += 1
-                tickets.finish(False)
+            log = self.logs[k]
+            if not log.gradient(self.tickets, loss, read_s, compute_s):
                 return None
             began = time.perf_counter()
             result = self.store.update(grad, self.scales, t_read, self.persistence)
-            log.update_s.append(time.perf_counter() - began)
-            log.attempts.append(result.attempts)
-            if result.applied:
-                log.staleness.append(result.staleness)
-            else:
-                log.dropped += 1
-            tickets.finish(result.applied, after_stop=tickets.stopped)
+            log.update(self.tickets, result, time.perf_counter() - began)
             return self._assign(k)
 
     # -- internals ----------------------------------------------------------
