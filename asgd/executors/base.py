@@ -131,7 +131,7 @@ class StopConfig(NamedTuple):
     target_loss: float
 
     @classmethod
-    def of(cls, cfg, batches_per_epoch: int, batches_per_update: int = 1) -> "StopConfig":
+    def of(cls, cfg, batches_per_epoch: int) -> "StopConfig":
         return cls(int(cfg.num_updates), int(cfg.epochs * batches_per_epoch),
                    float(cfg.time_budget_s), float(cfg.target_loss))
 

@@ -37,8 +37,7 @@ def run(cfg, problem, writer, schedule) -> dict:
 
     m = int(cfg.threads)
     batches = Batches(problem.train, cfg.batch_size, cfg.seed)
-    stop = StopConfig(int(cfg.num_updates), int(cfg.epochs * batches.per_epoch),
-                      float(cfg.time_budget_s), float(cfg.target_loss))
+    stop = StopConfig.of(cfg, batches.per_epoch)
     tickets = Tickets(stop.num_updates, stop.max_batches)
     logs = [WorkerLog() for _ in range(m)]
     scales = LiveScales(schedule)
@@ -60,10 +59,9 @@ def run(cfg, problem, writer, schedule) -> dict:
             for grads in state.grads[1:]:
                 for acc, leaf in zip(total, grads):
                     np.add(acc, leaf, out=acc)
+            began = time.perf_counter()
             result = store.update(total, scales.array / m, state.t_read, -1)
-            logs[0].attempts.append(result.attempts)
-            logs[0].staleness.append(result.staleness)
-            tickets.finish(result.applied)
+            logs[0].update(tickets, result, time.perf_counter() - began)
 
         start_barrier = threading.Barrier(m, action=begin_round)
         end_barrier = threading.Barrier(m, action=end_round)
@@ -84,11 +82,14 @@ def run(cfg, problem, writer, schedule) -> dict:
                 x, y = batches.get(state.first + k)
                 began = time.perf_counter()
                 with store.acquire() as snapshot:
+                    acquired = time.perf_counter()
                     loss, grads = problem.grad_fn(snapshot.array, x, y)
                     state.grads[k] = [np.asarray(leaf) for leaf in
                                       jax.block_until_ready(jax.tree.leaves(grads))]
+                    computed = time.perf_counter()
                 loss = float(loss)
-                log.compute_s.append(time.perf_counter() - began)
+                log.read_s.append(acquired - began)
+                log.compute_s.append(computed - acquired)
                 log.loss.append(loss)
                 state.finite[k] = np.isfinite(loss)
                 end_barrier.wait()
