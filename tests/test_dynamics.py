@@ -331,3 +331,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_validate_a_real_leashed_run(config):
+    """The executors' step_times.npz feeds the simulator; its staleness is close."""
+    from asgd.dynamics.validation import validate
+    from asgd.run import train
+    config.algorithm, config.threads, config.num_updates = "leashed", 2, 1500
+    summary = train(config)
+    report = validate(summary["run_dir"], num_updates=20_000)
+    assert report["timings"] == "step_times.npz"
+    assert report["threads"] == 2 and report["discipline"] == "leashed"
+    assert report["update_time"] > 0
+    assert 0.0 <= report["tv"] < 0.5  # same order of staleness, measured vs simulated
+    assert abs(report["simulated_mean"] - report["measured_mean"]) < 1.0
