@@ -59,6 +59,8 @@ def main(argv: list[str]) -> int:
         for key in keys:
             if key in summary:
                 value = summary[key]
+                if isinstance(value, dict):  # time_to_target: {target: seconds or None}
+                    value = {k: None if v is None else float(f"{v:.4g}") for k, v in value.items()}
                 print(f"{key:>18}: {value:.4g}" if isinstance(value, float) else f"{key:>18}: {value}")
     return 0
 
