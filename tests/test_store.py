@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -338,12 +339,14 @@ def test_stale_view_after_close_or_gc_does_not_crash():
 def test_close_while_threads_update():
     st = ParameterStore(20000, "leashed")
     u = np.ones(20000, np.float32)
-    stop = threading.Event()
+    deadline = time.monotonic() + 30
     seen = []
 
     def worker():
+        # Keep calling until the close is seen (a stop flag set after close()
+        # let workers leave without ever calling into the closed store).
         try:
-            while not stop.is_set():
+            while time.monotonic() < deadline:
                 with st.acquire() as sn:
                     tr = sn.version
                 st.update(u, 1.0, tr)
@@ -356,10 +359,9 @@ def test_close_while_threads_update():
     while st.stats()["applied"] < 50:
         pass
     st.close()
-    stop.set()
     for t in ths:
         t.join()
-    assert seen  # the threads got a Python exception, not a crash
+    assert seen == ["closed"] * 3  # every thread got a Python exception, not a crash
 
 
 # ----------------------------------------------------------------- errors
