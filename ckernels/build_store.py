@@ -16,6 +16,7 @@ for a portable build (still vectorised, with SSE2 only).
 """
 import glob
 import os
+import re
 import shlex
 import shutil
 
@@ -26,73 +27,24 @@ ROOT = os.path.dirname(HERE)
 
 DEFAULT_CFLAGS = "-std=c11 -O3 -march=native -fopenmp-simd"
 
-CDEF = r"""
-enum { PSTORE_LEASHED = 0, PSTORE_HOGWILD = 1, PSTORE_LOCKED = 2 };
-enum {
-    PSTORE_OK = 0, PSTORE_EINVAL = -1, PSTORE_ENOMEM = -2, PSTORE_ECLOSED = -3,
-    PSTORE_EBUFS = -4, PSTORE_EMODE = -5
-};
-#define PSTORE_MAX_D ...
-#define PSTORE_MAX_BUFFERS ...
-#define PSTORE_ALIGN ...
+def header_cdef(path: str = os.path.join(HERE, "pstore.h")) -> str:
+    """The cffi cdef, read from pstore.h so the two can never drift apart.
 
-typedef struct pstore pstore;
-
-typedef struct {
-    float *data;
-    int64_t version;
-    int64_t generation;
-    int32_t handle;
-    int32_t status;
-} pstore_snapshot;
-
-typedef struct {
-    int32_t status;
-    int32_t applied;
-    int32_t attempts;
-    int32_t pad_;
-    int64_t staleness;
-    int64_t version;
-} pstore_result;
-
-typedef struct {
-    int64_t d, mode, version, allocated, live, peak_live, applied,
-            cas_attempts, cas_failures, dropped, held, acquires, max_buffers;
-} pstore_stats;
-
-typedef struct {
-    const float *base;
-    float *out;
-    int64_t base_version;
-    int64_t staleness;
-    int64_t t_read;
-    int32_t base_handle;
-    int32_t out_handle;
-    int32_t attempts;
-    int32_t status;
-} pstore_attempt;
-
-int pstore_create(int64_t d, int32_t mode, const float *init, int32_t max_buffers,
-                  pstore **out);
-int pstore_close(pstore *s, int32_t free_memory);
-void pstore_destroy(pstore *s);
-pstore_snapshot pstore_acquire(pstore *s, int32_t copy);
-int pstore_release(pstore *s, int32_t handle);
-pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
-                            int32_t nseg, float scale, const float *scales,
-                            int32_t nscales, int64_t t_read, int64_t persistence);
-int pstore_begin(pstore *s, int64_t t_read, int32_t prefill, pstore_attempt *a);
-int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill);
-int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped);
-int pstore_read_copy(pstore *s, float *dst, int64_t *version);
-int64_t pstore_version(pstore *s);
-int pstore_get_stats(pstore *s, pstore_stats *st);
-int64_t pstore_dim(pstore *s);
-int64_t pstore_generation(pstore *s, int32_t handle);
-void pstore_ref_copy_axpy(float *y, const float *x, const float *u, float s, int64_t n);
-void pstore_ref_memcpy_axpy(float *y, const float *x, const float *u, float s, int64_t n);
-const char *pstore_strerror(int code);
-"""
+    Comments, the ``extern "C"`` guards and preprocessor lines are dropped;
+    ``#define PSTORE_NAME value`` becomes ``#define PSTORE_NAME ...`` (cffi
+    takes the value from the compiler).
+    """
+    with open(path) as f:
+        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.S)
+    lines = []
+    for line in text.splitlines():
+        define = re.match(r"\s*#define\s+(PSTORE_\w+)\s+\S", line)
+        if define:
+            lines.append(f"#define {define.group(1)} ...")
+        elif not line.lstrip().startswith("#"):
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _cflags():
@@ -106,7 +58,7 @@ def make_builder(absolute=False):
     inside its temporary directory."""
     base = ROOT if absolute else ""
     b = FFI()
-    b.cdef(CDEF)
+    b.cdef(header_cdef())
     b.set_source(
         "asgd._pstore",
         '#include "pstore.h"',
