@@ -5,7 +5,6 @@ import math
 import jax
 import numpy as np
 import pytest
-from scipy import special
 
 from asgd import staleness as st
 

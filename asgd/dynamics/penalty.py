@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgd import staleness as st
 from asgd import stepsize
 
 METHODS = ("constant", "inverse", "fleet", "tail_tau", "mindthestep")

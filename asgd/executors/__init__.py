@@ -13,7 +13,6 @@ worker actors and a parameter-server actor instead (``ray_backend``).
 
 from __future__ import annotations
 
-import numpy as np
 
 from asgd.executors import sequential, sync
 from asgd.executors.shared_memory import make_runner
