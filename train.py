@@ -9,7 +9,6 @@ missing data folder, bad numbers) exits with code 2 and a one-line error.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
@@ -21,27 +20,14 @@ PROG = "train.py"
 flags.DEFINE_boolean("print_summary", True, "Print summary.json when the run ends.")
 
 
-def restrict_cpus(count: int) -> None:
-    """Pin the process to ``count`` CPUs before JAX starts its thread pools.
-
-    XLA sizes its intra-op pools from the allowed CPUs, so this is the knob
-    that makes m workers occupy about m cores (XLA flags did not).
-    """
-    allowed = sorted(os.sched_getaffinity(0))
-    if count > len(allowed):
-        raise ValueError(f"cpus={count} but only {len(allowed)} CPUs are available")
-    os.sched_setaffinity(0, allowed[:count])
-
-
 def main(argv: list[str]) -> int:
     cfg = parse_config(argv, "configs/default.py", PROG)
     from asgd.executors.base import RunAborted
     try:
-        from asgd.run import train, validate
-        validate(cfg)
-        if cfg.cpus:
-            restrict_cpus(cfg.cpus)
-        summary = train(cfg)
+        from asgd.run import execute, parse, restrict_cpus
+        specs = parse(cfg)
+        restrict_cpus(specs.cpus)
+        summary = execute(specs, cfg.to_dict())
     except ValueError as e:  # bad config values, data, step-size parameters
         fail(PROG, str(e).splitlines()[0])
     except RunAborted as e:  # e.g. the Ray parameter server died; the results folder is written

@@ -21,7 +21,6 @@ that have a value; with fewer than two values it is None.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from typing import Iterable, NamedTuple, Sequence
@@ -34,29 +33,11 @@ from asgd import metrics
 GROUP_FIELDS = ("algorithm", "threads", "stepsize", "learning_rate", "persistence")
 
 
-class Run(NamedTuple):
-    """One finished run as the study reads it back."""
-    run_dir: str
-    config: dict
-    summary: dict
-    rows: list
-
-
 class Stat(NamedTuple):
     """Mean and sample std over the seeds that have a value; n counts them."""
     mean: float | None
     std: float | None
     n: int
-
-
-def load_run(run_dir: str) -> Run:
-    """Read a finished run's three files."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
-    rows = metrics.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    return Run(run_dir, config, summary, rows)
 
 
 def group_key(config: dict) -> tuple:
@@ -76,9 +57,9 @@ def group_label(key: tuple) -> str:
     return label
 
 
-def group_runs(runs: Iterable[Run]) -> dict[tuple, list[Run]]:
+def group_runs(runs: Iterable[metrics.Run]) -> dict[tuple, list[metrics.Run]]:
     """Runs by configuration, configurations in sorted order, seeds in order."""
-    groups: dict[tuple, list[Run]] = {}
+    groups: dict[tuple, list[metrics.Run]] = {}
     for run in runs:
         groups.setdefault(group_key(run.config), []).append(run)
     order = sorted(groups, key=lambda k: tuple((v is None, v if v is not None else 0) for v in k))
@@ -130,7 +111,7 @@ def target_name(target: float) -> str:
     return f"{target:g}"
 
 
-def summarize_group(runs: Sequence[Run], targets: Sequence[float]) -> dict:
+def summarize_group(runs: Sequence[metrics.Run], targets: Sequence[float]) -> dict:
     """One table row: the configuration's fields and its statistics over seeds."""
     key = group_key(runs[0].config)
     row: dict = dict(zip(GROUP_FIELDS, key))
@@ -152,7 +133,7 @@ def summarize_group(runs: Sequence[Run], targets: Sequence[float]) -> dict:
     return row
 
 
-def table(runs: Iterable[Run], targets: Sequence[float]) -> list[dict]:
+def table(runs: Iterable[metrics.Run], targets: Sequence[float]) -> list[dict]:
     """One row per configuration, in sorted configuration order."""
     return [summarize_group(group, targets) for group in group_runs(runs).values()]
 
@@ -206,7 +187,7 @@ def markdown(rows: Sequence[dict], targets: Sequence[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(study_dir: str, runs: Sequence[Run], targets: Sequence[float]) -> list[dict]:
+def write_tables(study_dir: str, runs: Sequence[metrics.Run], targets: Sequence[float]) -> list[dict]:
     """Write ``table.csv`` and ``table.md`` into the study folder; returns the rows."""
     rows = table(runs, targets)
     write_csv(os.path.join(study_dir, "table.csv"), rows)
@@ -215,7 +196,7 @@ def write_tables(study_dir: str, runs: Sequence[Run], targets: Sequence[float]) 
     return rows
 
 
-def loss_on_grid(runs: Sequence[Run], points: int = 200,
+def loss_on_grid(runs: Sequence[metrics.Run], points: int = 200,
                  field: str = "train_loss") -> tuple[np.ndarray, np.ndarray]:
     """Seeds' loss curves on one common time grid, for mean and spread.
 

@@ -1,8 +1,17 @@
-"""Per-run results: a folder with config.json, metrics.jsonl and summary.json.
+"""The run-folder schema: the one module that writes and reads a run's files.
+
+A run folder ``<workdir>/runs/<timestamp>-<name>/`` holds
+  config.json     the train config, as given
+  metrics.jsonl   one event per line: updates, wall_time_s, train_loss,
+                  eval_loss/eval_accuracy (at evaluations), live_buffers
+  summary.json    the run's results (``Monitor.summary``)
+  step_times.npz  per-worker read/compute/update seconds and CAS attempts
 
 ``config.json`` and ``summary.json`` are written atomically (temp file +
 rename); ``metrics.jsonl`` is appended and flushed one line per event. A
-crash or Ctrl-C therefore leaves valid files holding what was measured so far.
+crash or Ctrl-C therefore leaves valid files holding what was measured so
+far. ``RunWriter`` writes a folder; ``load_run`` and ``read_step_times``
+read one back (the study, its plots and ``asgd.dynamics validate`` use them).
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -67,6 +76,10 @@ def new_run_dir(workdir: str, name: str) -> str:
             path = f"{base}-{k}"
 
 
+STEP_FIELDS = {"read_s": np.float64, "compute_s": np.float64, "update_s": np.float64,
+               "attempts": np.int64}
+
+
 class RunWriter:
     """Writes one run's folder. Use as a context manager."""
 
@@ -91,10 +104,8 @@ class RunWriter:
         """
         arrays = {}
         for k, log in enumerate(logs):
-            arrays[f"read_s_{k}"] = np.asarray(log.read_s, np.float64)
-            arrays[f"compute_s_{k}"] = np.asarray(log.compute_s, np.float64)
-            arrays[f"update_s_{k}"] = np.asarray(log.update_s, np.float64)
-            arrays[f"attempts_{k}"] = np.asarray(log.attempts, np.int64)
+            for field, dtype in STEP_FIELDS.items():
+                arrays[f"{field}_{k}"] = np.asarray(getattr(log, field), dtype)
         tmp = os.path.join(self.run_dir, "step_times.tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, os.path.join(self.run_dir, "step_times.npz"))
@@ -107,6 +118,53 @@ class RunWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Run(NamedTuple):
+    """A finished run as read back from its folder."""
+
+    run_dir: str
+    config: dict
+    summary: dict
+    rows: list          # metrics.jsonl, one dict per event
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_run(run_dir: str) -> Run:
+    """Read a finished run's config.json, summary.json and metrics.jsonl.
+
+    Raises ValueError naming the file when summary.json is missing.
+    """
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(summary_path):
+        raise ValueError(f"{summary_path} not found (is {run_dir!r} a finished run folder?)")
+    config_path = os.path.join(run_dir, "config.json")
+    config = read_json(config_path) if os.path.isfile(config_path) else {}
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    rows = read_jsonl(metrics_path) if os.path.isfile(metrics_path) else []
+    return Run(run_dir, config, read_json(summary_path), rows)
+
+
+def read_step_times(run_dir: str, threads: int) -> dict[str, list[np.ndarray] | None] | None:
+    """``step_times.npz`` as {field: [array per worker] or None}; None if there is no file.
+
+    Raises ValueError when a field is given for some workers only.
+    """
+    path = os.path.join(run_dir, "step_times.npz")
+    if not os.path.isfile(path):
+        return None
+    out = {}
+    with np.load(path) as z:
+        for field in STEP_FIELDS:
+            per = [z[f"{field}_{k}"] for k in range(threads) if f"{field}_{k}" in z]
+            if per and len(per) != threads:
+                raise ValueError(f"{path}: {field} is given for {len(per)} of {threads} workers")
+            out[field] = per or None
+    return out
 
 
 def histogram(values: Iterable[int]) -> list[int]:

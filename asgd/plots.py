@@ -27,7 +27,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from asgd import aggregate
-from asgd.aggregate import Run
+from asgd import staleness as st
+from asgd.metrics import Run
 
 PLOTS = ("loss_vs_time", "time_to_target", "staleness", "cas_attempts", "live_buffers", "alpha_tau")
 
@@ -143,14 +144,9 @@ def time_to_target(groups: dict[tuple, list[Run]], targets: Sequence[float]) -> 
 
 
 def staleness_model(hist: np.ndarray, log: Callable) -> tuple[str, np.ndarray] | None:
-    """(name, pmf) of the best-fitting staleness model, or None if unavailable."""
+    """(name, pmf) of the best-fitting staleness model, or None if none fits."""
     try:
-        from asgd import staleness
-    except ImportError:
-        log("plots: asgd.staleness is not available; staleness histograms without a model overlay")
-        return None
-    try:
-        name, model, _ = staleness.best_fit(hist)
+        name, model, _ = st.best_fit(hist)
         return name, np.asarray(model.pmf(np.arange(hist.size)), np.float64)
     except Exception as e:  # a fit that fails must not cost the other figures
         log(f"plots: staleness model fit failed ({type(e).__name__}: {e}); no overlay")

@@ -1,11 +1,13 @@
 """The training problem: data, model, flat layout and the compiled functions.
 
-Built once per run from the config and shared by every worker thread: the
-jitted functions are thread-safe and release the GIL while they run.
+Built once per run from its data and model specs and shared by every worker
+thread: the jitted functions are thread-safe and release the GIL while they
+run. ``grad_factory`` rebuilds ``grad_fn`` in another process (a Ray worker).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -14,6 +16,7 @@ import numpy as np
 
 from asgd import data, models
 from asgd.params import FlatLayout
+from asgd.specs import DataSpec, ModelSpec
 
 EVAL_CHUNK = 1000
 
@@ -22,6 +25,7 @@ class Problem(NamedTuple):
     layout: FlatLayout
     init_flat: np.ndarray            # float32 [d], the initial parameters
     grad_fn: Callable                # (flat, x, y) -> (loss, gradient pytree)
+    grad_factory: Callable           # () -> a new grad_fn (picklable: for other processes)
     evaluate: Callable               # (flat) -> (eval loss, eval accuracy) as floats
     train: data.Dataset
     eval: data.Dataset
@@ -75,15 +79,22 @@ def make_evaluate(model: models.Model, layout: FlatLayout, dataset: data.Dataset
     return evaluate
 
 
-def make_problem(cfg) -> Problem:
-    """Load the data and build the model of a config (see configs/default.py)."""
-    load = lambda split: data.load(cfg.dataset, split, cfg.data_dir or None, cfg.eval_fraction,
-                                   cfg.split_seed, cfg.tfds_download)
-    train, evalset = load("train"), load("eval")
-    model = models.get(cfg.model)
-    options = {"hidden": tuple(cfg.mlp_hidden)} if cfg.model == "mlp" else {}
+def load_data(spec: DataSpec) -> tuple[data.Dataset, data.Dataset]:
+    """The (train, eval) splits a data spec names."""
+    def load(split):
+        return data.load(spec.dataset, split, spec.data_dir or None, spec.eval_fraction,
+                         spec.split_seed, spec.tfds_download)
+    return load("train"), load("eval")
+
+
+def make_problem(data_spec: DataSpec, model_spec: ModelSpec) -> Problem:
+    """Load the data and build the model (see configs/default.py for the fields)."""
+    train, evalset = load_data(data_spec)
+    model = models.get(model_spec.name)
     num_classes = max(train.num_classes, evalset.num_classes)
-    params = model.init(jax.random.key(cfg.seed), train.input_shape, num_classes, **options)
+    params = model.init(jax.random.key(model_spec.seed), train.input_shape, num_classes,
+                        **dict(model_spec.options))
     layout = FlatLayout.of(params)
-    return Problem(layout, layout.ravel(params), make_grad_fn(model, layout),
+    factory = partial(make_grad_fn, model, layout)
+    return Problem(layout, layout.ravel(params), factory(), factory,
                    make_evaluate(model, layout, evalset), train, evalset)

@@ -1,32 +1,79 @@
-"""One training run from a config: build the problem, run, write the folder."""
+"""One training run: the config boundary, then build, execute and write the results folder.
+
+``parse(cfg)`` is the only place that reads a train config: it validates
+every field (one ``ConfigError`` line per problem, before anything touches
+the disk or starts JAX) and returns the typed ``asgd.specs.Specs`` that the
+layers below take. ``train(cfg)`` = ``parse`` + ``execute``: load the data,
+build the model and the step-size rule, check that the batch fits the data,
+create ``<workdir>/runs/<timestamp>-<name>/`` and run the executor.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 
-from asgd import data, executors, metrics, models, stepsize
-from asgd.problem import make_problem
+from asgd import data, executors, metrics, models, rules
+from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, RaySpec, RunSpec, Specs, StepSizeSpec,
+                        StopSpec)
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class ConfigError(ValueError):
     """A config value is out of range or unknown; the message says which."""
 
 
-def validate(cfg) -> None:
-    """Checks that need no data or JAX; each failure is one clear line."""
+def _finite(name: str, value, low: float = 0.0, strict: bool = False) -> float:
+    """A finite float >= low (> low if strict)."""
+    value = float(value)
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        relation = ">" if strict else ">="
+        raise ConfigError(f"{name} must be a finite number {relation} {low:g}, got {value}")
+    return value
+
+
+def _integer(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value}")
+    return int(value)
+
+
+def run_name(cfg) -> str:
+    """The results folder's name after its timestamp: ``name``, or what the run is."""
+    return cfg.name or f"{cfg.algorithm}-m{cfg.threads}"
+
+
+def parse(cfg) -> Specs:
+    """Validate a train config (``configs/default.py``'s fields) and type it.
+
+    Needs no data and does not start JAX; every failure is a ``ConfigError``
+    (or the Ray backend's ``RayBackendError``) whose first line says what to fix.
+    """
     if cfg.algorithm not in executors.ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {cfg.algorithm!r}; choose one of {sorted(executors.ALGORITHMS)}")
+        raise ConfigError(f"unknown algorithm {cfg.algorithm!r}; choose one of {list(executors.ALGORITHMS)}")
     if cfg.model not in models.MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {sorted(models.MODELS)}")
     if cfg.dataset not in data.DATASETS:
         raise ConfigError(f"unknown dataset {cfg.dataset!r}; choose one of {list(data.DATASETS)}")
     if cfg.data_dir and cfg.dataset != "digits" and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"data folder {cfg.data_dir!r} does not exist")
-    if not 1 <= cfg.threads <= executors.MAX_THREADS:
-        what = "threads (Ray worker actors)" if cfg.get("backend") == "ray" else "threads"
-        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS}, got {cfg.threads}")
-    if cfg.algorithm == "sequential" and cfg.threads != 1:
-        raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={cfg.threads}")
+    if not 0.0 < cfg.eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
+    hidden = tuple(cfg.mlp_hidden)
+    if cfg.model == "mlp" and not all(not isinstance(h, bool) and int(h) == h and h >= 1
+                                      for h in hidden):
+        raise ConfigError(f"mlp_hidden must be positive integers, got {hidden}")
+
+    backend = cfg.backend
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
+    threads = cfg.threads
+    if not 1 <= threads <= executors.MAX_THREADS:
+        what = "threads (Ray worker actors)" if backend == "ray" else "threads"
+        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS}, got {threads}")
+    if cfg.algorithm == "sequential" and threads != 1:
+        raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={threads}")
     if cfg.persistence < -1:
         raise ConfigError(f"persistence must be -1 (retry until success) or >= 0, got {cfg.persistence}")
     if cfg.stepsize == "dc_asgd" and cfg.algorithm not in ("sequential", "leashed"):
@@ -34,33 +81,118 @@ def validate(cfg) -> None:
                           "the sequential and leashed executors provide; use one of those")
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
-    if not cfg.learning_rate > 0:
-        raise ConfigError(f"learning_rate must be positive, got {cfg.learning_rate}")
-    if not (cfg.num_updates > 0 or cfg.epochs > 0 or cfg.time_budget_s > 0 or cfg.target_loss > 0):
+    if not (0 < cfg.learning_rate <= FLOAT32_MAX and math.isfinite(cfg.learning_rate)):
+        raise ConfigError(f"learning_rate must be positive, finite and within float32, "
+                          f"got {cfg.learning_rate}")
+    stop = StopSpec(_integer("num_updates", cfg.num_updates, 0), _integer("epochs", cfg.epochs, 0),
+                    _finite("time_budget_s", cfg.time_budget_s), _finite("target_loss", cfg.target_loss))
+    if not any(stop):
         raise ConfigError("no stop condition: set num_updates, epochs, time_budget_s or target_loss")
-    for field in ("num_updates", "epochs", "time_budget_s", "target_loss", "eval_every", "log_every",
-                  "cpus"):
-        if cfg[field] < 0:
-            raise ConfigError(f"{field} must be >= 0, got {cfg[field]}")
-    backend = cfg.get("backend", "local")
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
-    if backend == "ray":  # Ray installed, address reachable: fails in seconds, before data loads
-        from asgd.executors import ray_backend
-        ray_backend.check(cfg)
+    try:
+        targets = tuple(float(t) for t in cfg.loss_targets)
+    except (TypeError, ValueError):
+        raise ConfigError(f"loss_targets must be a tuple of numbers, got {cfg.loss_targets!r}") from None
+    for target in targets:
+        _finite("each of loss_targets", target, strict=True)
+    ray = None
+    if backend == "ray":
+        ray = _ray_spec(cfg)
+    stepsize = stepsize_spec(cfg)
+    if ray is not None:
+        from asgd.executors.ray import ALGORITHMS as RAY_ALGORITHMS, RayBackendError, address
+        if cfg.algorithm not in RAY_ALGORITHMS:
+            raise RayBackendError(f"backend 'ray' runs {list(RAY_ALGORITHMS)}, not {cfg.algorithm!r}")
+        if cfg.stepsize == "dc_asgd":
+            raise RayBackendError("stepsize 'dc_asgd' is not available with backend 'ray' "
+                                  "(it needs theta_read at every CAS attempt)")
+        address.check(ray.address, ray.connect_timeout_s)  # fails in seconds, before data loads
+    return Specs(
+        data=DataSpec(cfg.dataset, cfg.data_dir, float(cfg.eval_fraction), int(cfg.split_seed),
+                      bool(cfg.tfds_download)),
+        model=ModelSpec(cfg.model, (("hidden", tuple(int(h) for h in hidden)),)
+                        if cfg.model == "mlp" else (), int(cfg.seed)),
+        stepsize=stepsize,
+        executor=ExecutorSpec(cfg.algorithm, int(threads),
+                              int(cfg.persistence) if cfg.algorithm == "leashed" else -1,
+                              int(cfg.batch_size), int(cfg.seed), ray),
+        run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
+                    _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
+                    run_name(cfg)),
+        cpus=_integer("cpus", cfg.cpus, 0))
 
 
-def run_name(cfg) -> str:
-    return cfg.name or f"{cfg.algorithm}-m{cfg.threads}"
+def stepsize_spec(cfg) -> StepSizeSpec:
+    """The step-size fields of a train config, typed and checked (``asgd.rules.check``)."""
+    spec = StepSizeSpec(
+        cfg.stepsize, float(cfg.learning_rate), int(cfg.threads), cfg.stepsize_model,
+        float(cfg.stepsize_model_param), cfg.stepsize_target, float(cfg.stepsize_target_param),
+        float(cfg.stepsize_cap), float(cfg.tail_amplitude), int(cfg.stepsize_window),
+        float(cfg.dc_lambda))
+    try:
+        rules.check(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return spec
 
 
-def train(cfg, run_dir: str | None = None) -> dict:
-    """Train as ``cfg`` says; returns summary.json's content plus ``run_dir``."""
-    validate(cfg)
-    problem = make_problem(cfg)
-    schedule = stepsize.schedule(stepsize.from_config(cfg))
-    run_dir = run_dir or metrics.new_run_dir(cfg.workdir, run_name(cfg))
-    with metrics.RunWriter(run_dir, cfg.to_dict()) as writer:
-        summary = executors.run(cfg, problem, writer, schedule)
+def default_config():
+    """``configs/default.py``'s config: every train field with its default."""
+    from asgd.configs import default
+    return default.get_config()
+
+
+def _ray_spec(cfg) -> RaySpec:
+    if not cfg.ray_connect_timeout_s > 0:
+        raise ConfigError(f"ray_connect_timeout_s must be positive, got {cfg.ray_connect_timeout_s}")
+    if not cfg.ray_worker_cpus >= 0:
+        raise ConfigError(f"ray_worker_cpus must be >= 0, got {cfg.ray_worker_cpus}")
+    if cfg.ray_max_restarts < -1:
+        raise ConfigError(f"ray_max_restarts must be -1 (unlimited) or >= 0, got {cfg.ray_max_restarts}")
+    return RaySpec(cfg.ray_address, float(cfg.ray_connect_timeout_s), float(cfg.ray_worker_cpus),
+                   int(cfg.ray_max_restarts))
+
+
+def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None) -> dict:
+    """Run validated specs; ``config`` is what config.json records.
+
+    ``problem`` (from ``asgd.problem.make_problem`` of the same data and model
+    specs) skips loading and compiling again. Returns summary.json's content
+    plus ``run_dir``.
+    """
+    from asgd.problem import make_problem
+    problem = problem or make_problem(specs.data, specs.model)
+    examples = len(problem.train.y)
+    if specs.executor.batch_size > examples:
+        raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training set "
+                          f"({examples} examples)")
+    rule = rules.update_rule(specs.stepsize)
+    run_dir = run_dir or metrics.new_run_dir(specs.run.workdir, specs.run.name)
+    with metrics.RunWriter(run_dir, config) as writer:
+        summary = executors.run(specs.executor, specs.run, problem, writer, rule)
     summary["run_dir"] = os.path.abspath(run_dir)
     return summary
+
+
+def train(cfg, run_dir: str | None = None, problem=None) -> dict:
+    """Train as the config says; returns summary.json's content plus ``run_dir``."""
+    return execute(parse(cfg), cfg.to_dict(), run_dir, problem)
+
+
+def restrict_cpus(count: int) -> None:
+    """Pin the process to ``count`` CPUs (0: leave it) before JAX starts its thread pools.
+
+    XLA sizes its intra-op pools from the allowed CPUs, so this is the knob
+    that makes m workers occupy about m cores (XLA flags did not).
+    """
+    if count:
+        allowed = sorted(os.sched_getaffinity(0))
+        if count > len(allowed):
+            raise ConfigError(f"cpus={count} but only {len(allowed)} CPUs are available")
+        os.sched_setaffinity(0, allowed[:count])
+
+
+def problem_of(cfg):
+    """The ``asgd.problem.Problem`` a (validated) train config describes."""
+    from asgd.problem import make_problem
+    specs = parse(cfg)
+    return make_problem(specs.data, specs.model)

@@ -44,6 +44,9 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
+# Step-size tables and their online histograms distinguish tau = 0..MAX_STALENESS,
+# the last entry standing for every tau >= MAX_STALENESS.
+MAX_STALENESS = 1024
 # Largest support the Conway-Maxwell-Poisson normaliser will sum over.
 _CMP_MAX_SUPPORT = 5_000_000
 # Terms more than this many nats below the largest are dropped from Z.

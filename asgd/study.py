@@ -15,6 +15,7 @@ with code 2 and a one-line error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from ml_collections import config_dict
 
 from asgd import metrics
 from asgd.cli import fail, parse_config
+from asgd.specs import Specs
 
 PROG = "asgd.study"
 
@@ -41,15 +43,17 @@ class StudyError(ValueError):
 
 class Planned(NamedTuple):
     key: str        # folder name under <study_dir>/runs/
-    config: object  # the train ConfigDict of this run
+    config: object  # the train ConfigDict of this run (written as its config.json)
+    specs: Specs    # the same, validated and typed
 
 
-def run_key(cfg) -> str:
+def run_key(specs: Specs) -> str:
     """Deterministic folder name of a run from its swept values."""
-    key = f"{cfg.algorithm}-m{cfg.threads}-{cfg.stepsize}-lr{cfg.learning_rate:g}"
-    if cfg.algorithm == "leashed":
-        key += f"-p{cfg.persistence}"
-    key += f"-s{cfg.seed}"
+    ex, step = specs.executor, specs.stepsize
+    key = f"{ex.algorithm}-m{ex.threads}-{step.name}-lr{step.alpha:g}"
+    if ex.algorithm == "leashed":
+        key += f"-p{ex.persistence}"
+    key += f"-s{ex.seed}"
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", key)
 
 
@@ -73,8 +77,7 @@ def expand(study) -> list[Planned]:
     ``persistence`` varies only for ``leashed`` (the others take the base
     value once). Order: algorithm, threads, step size, α, persistence, seed.
     """
-    from asgd import stepsize
-    from asgd.run import validate
+    from asgd.run import parse
     check(study)
     planned, seen = [], set()
     for algorithm in study.algorithms:
@@ -90,15 +93,16 @@ def expand(study) -> list[Planned]:
                             cfg.algorithm, cfg.threads, cfg.stepsize = algorithm, int(threads), strategy
                             cfg.learning_rate, cfg.persistence = float(lr), int(persistence)
                             cfg.seed, cfg.loss_targets = int(seed), tuple(float(t) for t in study.targets)
-                            cfg.quiet = True
-                            key = run_key(cfg)
+                            cfg.quiet, cfg.workdir = True, study.study_dir
+                            specs = parse(cfg)  # a bad value fails now
+                            key = run_key(specs)
                             if key in seen:
                                 continue
                             seen.add(key)
-                            cfg.name, cfg.workdir = key, study.study_dir
-                            validate(cfg)
-                            stepsize.from_config(cfg)  # unknown strategy or bad parameters: fail now
-                            planned.append(Planned(key, cfg))
+                            cfg.name = key
+                            specs = dataclasses.replace(
+                                specs, run=dataclasses.replace(specs.run, name=key))
+                            planned.append(Planned(key, cfg, specs))
     return planned
 
 
@@ -132,15 +136,15 @@ def finished(run_dir: str, cfg) -> bool:
     return True
 
 
-def run_in_process(cfg, run_dir: str) -> dict:
-    from asgd.run import train
-    return train(cfg, run_dir)
+def run_in_process(run: Planned, run_dir: str) -> dict:
+    from asgd.run import execute
+    return execute(run.specs, run.config.to_dict(), run_dir)
 
 
-def run_isolated(cfg, run_dir: str) -> dict:
+def run_isolated(run: Planned, run_dir: str) -> dict:
     """Run in a fresh Python process: its own peak RSS, CPU set and JAX state."""
     os.makedirs(run_dir, exist_ok=True)
-    metrics.write_json_atomic(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    metrics.write_json_atomic(os.path.join(run_dir, "config.json"), run.config.to_dict())
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     child = "import sys; from asgd.study import run_one; sys.exit(run_one(sys.argv[1]))"
@@ -155,13 +159,11 @@ def run_isolated(cfg, run_dir: str) -> dict:
 
 def run_one(run_dir: str) -> int:
     """The child side of ``run_isolated``: train the config.json in ``run_dir``."""
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = config_dict.ConfigDict(json.load(f))
-    if cfg.cpus:
-        allowed = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, allowed[:cfg.cpus])
-    from asgd.run import train
-    train(cfg, run_dir)
+    from asgd.run import execute, parse, restrict_cpus
+    cfg = config_dict.ConfigDict(metrics.read_json(os.path.join(run_dir, "config.json")))
+    specs = parse(cfg)
+    restrict_cpus(specs.cpus)
+    execute(specs, cfg.to_dict(), run_dir)
     return 0
 
 
@@ -186,7 +188,8 @@ def run_study(study, log=print) -> dict:
     metrics.write_json_atomic(os.path.join(study.study_dir, "study.json"), study.to_dict())
     say = (lambda *a: None) if study.quiet else log
     counts = {"planned": len(planned), "ran": 0, "skipped": 0, "failed": 0}
-    for i, (key, cfg) in enumerate(planned, 1):
+    for i, run in enumerate(planned, 1):
+        key, cfg = run.key, run.config
         run_dir = os.path.join(runs_dir, key)
         prefix = f"[{i}/{len(planned)}] {key}:"
         if finished(run_dir, cfg):
@@ -196,7 +199,7 @@ def run_study(study, log=print) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)  # a partial run restarts from scratch
         start = time.perf_counter()
         try:
-            summary = (run_isolated if study.isolate else run_in_process)(cfg, run_dir)
+            summary = (run_isolated if study.isolate else run_in_process)(run, run_dir)
         except Exception as e:  # one failed run must not end the study
             counts["failed"] += 1
             log(f"{prefix} FAILED: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
@@ -204,7 +207,7 @@ def run_study(study, log=print) -> dict:
         counts["ran"] += 1
         say(f"{prefix} {describe(summary)} ({time.perf_counter() - start:.1f}s)")
     from asgd import aggregate, plots
-    done = [aggregate.load_run(os.path.join(runs_dir, p.key)) for p in planned
+    done = [metrics.load_run(os.path.join(runs_dir, p.key)) for p in planned
             if os.path.exists(os.path.join(runs_dir, p.key, "summary.json"))]
     counts["rows"] = aggregate.write_tables(study.study_dir, done, study.targets) if done else []
     if done:

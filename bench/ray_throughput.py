@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 
 def base_config(workdir: str, algorithm: str, threads: int, seconds: float):
-    from configs import default
+    from asgd.configs import default
     cfg = default.get_config()
     cfg.algorithm, cfg.threads, cfg.workdir, cfg.quiet = algorithm, threads, workdir, True
     cfg.num_updates, cfg.time_budget_s = 0, seconds
@@ -58,7 +58,7 @@ def round_trip(d: int, n: int) -> dict:
     """Microseconds per update: Ray exchange + pull vs local update + acquire."""
     import ray
 
-    from asgd.executors.ray_backend import ParameterServer
+    from asgd.executors.ray.server import ParameterServer
     from asgd.store import ParameterStore
 
     @ray.remote(num_cpus=0)
@@ -119,9 +119,9 @@ def main():
     ray.init(num_cpus=max(os.cpu_count() or 1, args.threads), include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False)
     try:
-        from asgd.problem import make_problem
-        from configs import default
-        d = make_problem(default.get_config()).layout.size
+        from asgd.run import problem_of
+        from asgd.configs import default
+        d = problem_of(default.get_config()).layout.size
         print(f"machine: {os.cpu_count()} CPUs; digits MLP {tuple(default.get_config().mlp_hidden)}, "
               f"d={d}; {args.algorithm}, m={args.threads}, {args.seconds:g} s per run")
         with tempfile.TemporaryDirectory() as workdir:

@@ -29,15 +29,15 @@ def main():
     p.add_argument("--steps", type=int, default=1500)
     args = p.parse_args()
     sys.path.insert(0, REPO)
-    from configs import default
+    from asgd.configs import default
     from asgd.data import Batches
-    from asgd.problem import make_problem
+    from asgd.run import problem_of
     from asgd.store import ParameterStore
     cfg = default.get_config()
     if os.path.exists(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")):
         cfg.dataset, cfg.data_dir = "mnist", MNIST
     cfg.batch_size = args.batch
-    problem = make_problem(cfg)
+    problem = problem_of(cfg)
     batches = Batches(problem.train, args.batch, 0)
     scales = np.array([-0.001], np.float32)
     warm = min(100, args.steps // 5)

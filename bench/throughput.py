@@ -48,7 +48,7 @@ def parse_args():
 
 def base_config(batch: int):
     sys.path.insert(0, REPO)
-    from configs import default
+    from asgd.configs import default
     c = default.get_config()
     if os.path.exists(os.path.join(MNIST, "t10k-images-idx3-ubyte.gz")):
         c.dataset, c.data_dir = "mnist", MNIST
@@ -64,7 +64,7 @@ def compute_only(problem, batch: int, threads: int, seconds: float, seed: int) -
     """Gradient steps/s of ``threads`` threads with no parameter store."""
     import jax
     from asgd.data import Batches
-    from asgd.executors.sequential import aligned_empty
+    from asgd.store import aligned_empty
     flat = aligned_empty(problem.layout.size)
     flat[:] = problem.init_flat
     batches = Batches(problem.train, batch, seed)
@@ -105,7 +105,7 @@ def main():
     args = parse_args()
     if args.cpus:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
-    from asgd.problem import make_problem
+    from asgd.run import problem_of
     batches = [int(b) for b in args.batches.split(",")]
     thread_counts = [int(m) for m in args.threads.split(",")]
     algorithms = args.algorithms.split(",")
@@ -114,7 +114,7 @@ def main():
     rows = []
     for batch in batches:
         cfg = base_config(batch)
-        problem = make_problem(cfg)
+        problem = problem_of(cfg)
         samples: dict[tuple, list[float]] = {}
         extra: dict[tuple, list[float]] = {}
         for rep in range(args.reps):

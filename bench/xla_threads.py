@@ -26,17 +26,17 @@ if cpus:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus])
 sys.path.insert(0, sys.argv[3])
 import jax
-from configs import default
+from asgd.configs import default
 from asgd.data import Batches
-from asgd.executors.sequential import aligned_empty
-from asgd.problem import make_problem
+from asgd.store import aligned_empty
+from asgd.run import problem_of
 cfg = default.get_config()
 if os.path.exists(os.path.join(sys.argv[4], "t10k-images-idx3-ubyte.gz")):
     cfg.dataset, cfg.data_dir = "mnist", sys.argv[4]
 rates = []
 for batch in (16, 128):
     cfg.batch_size = batch
-    problem = make_problem(cfg)
+    problem = problem_of(cfg)
     batches = Batches(problem.train, batch, 0)
     flat = aligned_empty(problem.layout.size)
     flat[:] = problem.init_flat

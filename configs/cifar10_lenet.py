@@ -3,7 +3,7 @@
 or, with the tfds extra and network, --config.data_dir= --config.tfds_download=True.
 """
 
-from configs import default
+from asgd.configs import default
 
 
 def get_config():

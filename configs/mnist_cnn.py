@@ -3,7 +3,7 @@
   python train.py --config=configs/mnist_cnn.py --config.data_dir=../shared/data/mnist
 """
 
-from configs import mnist_mlp
+from asgd.configs import mnist_mlp
 
 
 def get_config():

@@ -5,7 +5,7 @@ Reads raw IDX files; here the shared 10k test split, held out 80/20:
 Without data_dir, tensorflow-datasets is used (pip install -e '.[tfds]').
 """
 
-from configs import default
+from asgd.configs import default
 
 
 def get_config():

@@ -8,7 +8,7 @@ Needs the raw binary batches (data_batch_*.bin, test_batch.bin):
 
 import ml_collections
 
-from configs import cifar10_lenet, study_mnist_mlp
+from asgd.configs import cifar10_lenet, study_mnist_mlp
 
 
 def get_config() -> ml_collections.ConfigDict:

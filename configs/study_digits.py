@@ -9,7 +9,7 @@ Any field can be overridden, e.g. --config.seeds="(0,)" --config.base.num_update
 
 import ml_collections
 
-from configs import default
+from asgd.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

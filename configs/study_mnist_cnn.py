@@ -6,7 +6,7 @@ Same sweep as configs/study_mnist_mlp.py; batch 64:
 
 import ml_collections
 
-from configs import study_mnist_mlp
+from asgd.configs import study_mnist_mlp
 
 
 def get_config() -> ml_collections.ConfigDict:

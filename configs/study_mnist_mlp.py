@@ -10,7 +10,7 @@ Use --config.base.cpus=M to pin a run to M cores on a larger machine.
 
 import ml_collections
 
-from configs import mnist_mlp
+from asgd.configs import mnist_mlp
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from asgd import metrics  # noqa: E402
-from asgd.executors.ray_backend import ParameterServerDied, RayBackendError  # noqa: E402
-from asgd.run import ConfigError, train, validate  # noqa: E402
+from asgd.executors.ray import ParameterServerDied, RayBackendError  # noqa: E402
+from asgd.run import ConfigError, parse, train  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,23 +131,23 @@ def test_an_unreachable_address_fails_fast(config):
                 train(cfg)
             assert time.monotonic() - began < 5.0
     # the real, running local Ray passes the same probe
-    from asgd.executors.ray_backend import check_address
+    from asgd.executors.ray.address import check_address
     check_address(ray.get_runtime_context().gcs_address, 2.0)
 
 
 def test_bad_input_gives_one_line_errors(config, monkeypatch):
     with pytest.raises(ConfigError, match=r"threads \(Ray worker actors\) must be in 1\.\.256, got 0"):
-        validate(on_ray(config, "leashed", threads=0))
+        parse(on_ray(config, "leashed", threads=0))
     with pytest.raises(RayBackendError, match="runs .* not 'sequential'"):
-        validate(on_ray(config, "sequential", threads=1))
+        parse(on_ray(config, "sequential", threads=1))
     with pytest.raises(ConfigError, match="unknown backend"):
-        validate(on_ray(config, "leashed", backend="mpi"))
+        parse(on_ray(config, "leashed", backend="mpi"))
     import importlib.util
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "ray" else find_spec(name, *a))
     with pytest.raises(RayBackendError, match=r"pip install -e '\.\[ray\]'"):
-        validate(on_ray(config, "leashed"))
+        parse(on_ray(config, "leashed"))
 
 
 def test_more_workers_than_cluster_cpus_is_a_clear_error(config):

@@ -210,7 +210,7 @@ def test_jit_with_traced_tau_compiles_once(make):
 @pytest.mark.parametrize("make", [
     lambda: ss.inverse(0.1), lambda: ss.fleet(0.1, 8),
     lambda: ss.mindthestep(0.1, st.Poisson(3.0), ss.geometric(0.7), max_staleness=32),
-    lambda: optax.chain(ss.dc_asgd(0.3), ss.constant(0.05)),
+    lambda: optax.chain(ss.inverse(0.5), optax.scale(0.1)),
 ])
 def test_schedule_table_matches_transform(make):
     tx = make()
@@ -256,55 +256,30 @@ def test_schedule_observe_refits_mindthestep():
     assert not np.allclose(before, sched.table())
 
 
-# -------------------------------------------------------------- config ----
+# ------------------------------------------------- the table contract ----
 
-def test_from_config_builds_each_stepsize():
-    base = {"learning_rate": 0.1, "threads": 4}
-    assert step(ss.from_config({**base, "stepsize": "constant"}), 3) == pytest.approx(0.1)
-    assert step(ss.from_config({**base, "stepsize": "inverse"}), 3) == pytest.approx(0.025)
-    assert step(ss.from_config({**base, "stepsize": "fleet"}), 2) == pytest.approx(0.1 * 3.5 ** -0.8)
-    assert step(ss.from_config({**base, "stepsize": "tail_tau"}), 2) == pytest.approx(0.1)
-    dc = ss.from_config({**base, "stepsize": "dc_asgd", "dc_lambda": 0.5})
-    u, _ = dc.update(jnp.array([2.0]), dc.init(None), jnp.array([1.0]),
-                     params_read=jnp.array([0.0]), staleness=0)
-    assert float(u[0]) == pytest.approx(-0.4)
-    # mindthestep: Poisson(lam = m-1 = 3) and uniform(T = 7)
-    mts = ss.from_config({**base, "stepsize": "mindthestep", "stepsize_target_param": 7,
-                          "stepsize_cap": 100.0})
-    assert step(mts, 2) == pytest.approx(0.1 * math.exp(3) * 2 / (8 * 9), rel=1e-6)
-    geo = ss.from_config({**base, "stepsize": "mindthestep", "stepsize_target": "geometric",
-                          "stepsize_model": "geometric", "stepsize_target_param": 0.75})
-    assert step(geo, 5) == pytest.approx(0.1)  # P = Q = Geometric(1/4)
+@pytest.mark.parametrize("tx, reason", [
+    (optax.adam(1e-3), "its state depends on the gradient"),
+    (optax.chain(optax.clip_by_global_norm(0.5), ss.constant(0.1)), "not linear in the gradient"),
+    (optax.chain(optax.clip(0.5), ss.constant(0.1)), "not one scalar times the gradient"),
+    (optax.sgd(0.1, momentum=0.9), "its state depends on the gradient"),
+    (optax.chain(optax.add_decayed_weights(1e-2), ss.constant(0.1)), "depends on the parameters"),
+    (optax.chain(ss.dc_asgd(0.3), ss.constant(0.05)), "depends on the parameters"),
+], ids=["adam", "clip_by_global_norm", "clip", "momentum", "weight_decay", "dc_asgd"])
+def test_schedule_refuses_what_the_c_store_cannot_apply(tx, reason):
+    with pytest.raises(ValueError) as err:
+        ss.schedule(tx)
+    message = str(err.value)
+    assert "\n" not in message and reason in message
+    assert "x <- x + s(tau) g" in message and "mindthestep" in message
 
 
-def test_from_config_reads_ml_collections():
-    ml_collections = pytest.importorskip("ml_collections")
-    cfg = ml_collections.ConfigDict({"learning_rate": 0.2, "stepsize": "inverse", "threads": 2})
-    assert step(ss.from_config(cfg), 1) == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("model", ["poisson", "geometric", "cmp"])
-def test_from_config_mindthestep_with_one_thread_is_constant(model):
-    """m=1 means tau = 0 always: P is a point mass and alpha(0) = alpha."""
-    tx = ss.from_config({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 1,
-                         "stepsize_model": model})
-    assert [step(tx, tau) for tau in (0, 1, 50)] == pytest.approx([0.1, 0.1, 0.1])
-
-
-@pytest.mark.parametrize("cfg,match", [
-    ({"learning_rate": 0.1, "stepsize": "adam"}, "valid: \\['constant'"),
-    ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4, "stepsize_model": "zipf"},
-     "valid:"),
-    ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4, "stepsize_target": "x"},
-     "valid:"),
-    ({"learning_rate": 0.1, "stepsize": "mindthestep", "threads": 4,
-      "stepsize_model": "empirical"}, "stepsize_window > 0"),
-    ({"learning_rate": 0.0, "stepsize": "constant"}, "alpha must be"),
-    ({"stepsize": "constant"}, "learning_rate"),
-])
-def test_from_config_invalid_raises(cfg, match):
-    with pytest.raises(ValueError, match=match):
-        ss.from_config(cfg)
+@pytest.mark.parametrize("tx", [optax.sgd(0.1), optax.scale(-0.2),
+                                optax.chain(ss.tail_tau(0.1, window=5), optax.scale(2.0))],
+                         ids=["sgd", "scale", "tail_tau_scaled"])
+def test_schedule_accepts_linear_transforms(tx):
+    table = ss.schedule(tx, max_staleness=4).table()
+    assert table.shape == (5,) and np.all(np.isfinite(table)) and np.all(table != 0)
 
 
 @pytest.mark.parametrize("make,match", [

@@ -12,8 +12,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from asgd import aggregate, plots, study
-from asgd.aggregate import Run
+from asgd import aggregate, metrics, plots, study
+from asgd.metrics import Run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +157,7 @@ def test_smoke_study_writes_table_and_plots_and_resumes(tmp_path):
     counts = study.run_study(cfg)
     assert (counts["ran"], counts["skipped"]) == (1, 1)
     assert os.stat(summaries["sequential-m1-constant-lr0.05-s0"]).st_mtime_ns == mtimes["sequential-m1-constant-lr0.05-s0"]
-    rows = aggregate.load_run(os.path.join(runs, partial)).rows
+    rows = metrics.load_run(os.path.join(runs, partial)).rows
     assert rows[0]["updates"] == 0 and [r["updates"] for r in rows] == sorted(r["updates"] for r in rows)
 
     # A run stopped by Ctrl-C also wrote a summary; it is not finished.
@@ -231,25 +231,16 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, flag, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_staleness_plot_overlays_the_best_fitting_model(tmp_path, monkeypatch):
-    """With asgd.staleness present, its best fit of the pooled histogram is drawn."""
-    import types
-    seen = []
-
-    class Geometric:
-        def pmf(self, k):
-            return 0.5 ** (np.asarray(k) + 1)
-
-    def best_fit(hist):
-        seen.append(list(hist))
-        return "geometric", Geometric(), {"geometric": 0.0}
-
-    import asgd
-    fake = types.SimpleNamespace(best_fit=best_fit)
-    monkeypatch.setitem(sys.modules, "asgd.staleness", fake)
-    monkeypatch.setattr(asgd, "staleness", fake, raising=False)
+def test_staleness_plot_overlays_the_best_fitting_model():
+    """The pooled histogram of the seeds is drawn with its best fit's pmf over it."""
+    from asgd import staleness as st
     runs = [fake_run(seed, [0, 1], [1.0, 0.5], staleness_hist=[5, 3, 1 + seed]) for seed in (0, 1)]
     fig = plots.staleness(aggregate.group_runs(runs), log=print)
-    plots.save(fig, str(tmp_path), "staleness")
-    assert seen == [[10, 6, 3]]
-    assert "best fit: geometric" in (tmp_path / "staleness.svg").read_text()
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    pooled = np.array([10, 6, 3])
+    bars = [patch.get_height() for patch in ax.patches]
+    np.testing.assert_allclose(bars, pooled / pooled.sum())
+    name, model, _ = st.best_fit(pooled)
+    (line,) = [line for line in ax.lines if line.get_label().startswith("best fit")]
+    assert line.get_label() == f"best fit: {name}"
+    np.testing.assert_allclose(line.get_ydata(), model.pmf(np.arange(3)))

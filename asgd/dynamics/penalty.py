@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asgd import stepsize
+from asgd import rules, stepsize
 
 METHODS = ("constant", "inverse", "fleet", "tail_tau", "mindthestep")
 
@@ -216,23 +216,16 @@ def plain_sgd(obj: Objective, tx, steps: int, key) -> jax.Array:
 def make_stepsize(name: str, alpha: float, model, threads: int):
     """The step-size transform ``name`` (one of METHODS) for staleness model P.
 
-    mindthestep uses the true injected P (an oracle fit) and the uniform
-    target up to P's 0.99-quantile, as ``stepsize.from_config`` does; fleet
-    uses ``threads``; tail_tau learns its CDF online (window 1000).
+    Built by ``asgd.rules`` from the default config's step-size fields, as
+    ``train.py`` builds it, with this name, alpha and m; MindTheStep is given
+    the true injected P (an oracle fit) and derives its target from it.
     """
-    if name == "constant":
-        return stepsize.constant(alpha)
-    if name == "inverse":
-        return stepsize.inverse(alpha)
-    if name == "fleet":
-        return stepsize.fleet(alpha, threads)
-    if name == "tail_tau":
-        return stepsize.tail_tau(alpha, 0.5, window=1000)
-    if name == "mindthestep":
-        cdf = model.cdf(np.arange(stepsize.MAX_STALENESS + 1))
-        T = int(np.argmax(cdf >= 0.99)) if cdf[-1] >= 0.99 else stepsize.MAX_STALENESS
-        return stepsize.mindthestep(alpha, model, stepsize.uniform(max(T, 1)))
-    raise ValueError(f"unknown step size {name!r}; choose from {list(METHODS)}")
+    if name not in METHODS:
+        raise ValueError(f"unknown step size {name!r}; choose from {list(METHODS)}")
+    from asgd.run import default_config, stepsize_spec
+    cfg = default_config()
+    cfg.stepsize, cfg.learning_rate, cfg.threads = name, float(alpha), int(threads)
+    return rules.transform(stepsize_spec(cfg), model=model)
 
 
 def iterations_to(losses: np.ndarray, f_star: float, epsilon: float, eval_every: int) -> float:

@@ -24,11 +24,11 @@ Poisson, CMP) with ``asgd.staleness.best_fit``.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from asgd import metrics
 from asgd import staleness as st
 from asgd.dynamics import simulator
 
@@ -36,13 +36,8 @@ ALGORITHM_TO_DISCIPLINE = {"lock": "lock", "hogwild": "hogwild", "leashed": "lea
                            "sequential": "lock"}
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_run(run_dir: str) -> dict:
-    """The parts of a run folder that validation needs.
+    """The parts of a run folder that validation needs (read through ``asgd.metrics``).
 
     Returns {"algorithm", "threads", "persistence", "staleness_hist",
     "compute_s": [per worker arrays] or None, "update_s", "read_s",
@@ -51,36 +46,27 @@ def load_run(run_dir: str) -> dict:
     Raises:
       ValueError: a missing or unusable file, with the path in the message.
     """
-    summary_path = os.path.join(run_dir, "summary.json")
-    if not os.path.isfile(summary_path):
-        raise ValueError(f"{summary_path} not found (is {run_dir!r} a run folder?)")
-    summary = _read_json(summary_path)
-    config_path = os.path.join(run_dir, "config.json")
-    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    folder = metrics.load_run(run_dir)
+    summary, config = folder.summary, folder.config
     algorithm = summary.get("algorithm", config.get("algorithm"))
     if algorithm not in ALGORITHM_TO_DISCIPLINE:
         raise ValueError(f"{run_dir}: algorithm {algorithm!r} has no simulated discipline; "
                          f"supported: {sorted(ALGORITHM_TO_DISCIPLINE)}")
     hist = summary.get("staleness_hist") or []
     if not hist or sum(hist) <= 0:
-        raise ValueError(f"{summary_path} has no staleness_hist to validate against")
+        raise ValueError(f"{os.path.join(run_dir, 'summary.json')} has no staleness_hist "
+                         f"to validate against")
     threads = int(summary.get("threads", config.get("threads", 1)))
     run = {"algorithm": algorithm, "threads": threads,
            "persistence": int(config.get("persistence", -1)),
            "staleness_hist": np.asarray(hist, np.float64),
            "mean_compute_s": summary.get("mean_compute_s"),
            "compute_s": None, "update_s": None, "read_s": None, "attempts": None}
-    times_path = os.path.join(run_dir, "step_times.npz")
-    if os.path.isfile(times_path):
-        with np.load(times_path) as z:
-            for field in ("compute_s", "update_s", "read_s", "attempts"):
-                per = [z[f"{field}_{k}"] for k in range(threads) if f"{field}_{k}" in z]
-                if per and len(per) != threads:
-                    raise ValueError(f"{times_path}: {field} is given for {len(per)} of "
-                                     f"{threads} workers")
-                run[field] = per or None
-        if run["compute_s"] is None:
-            raise ValueError(f"{times_path} has no compute_s_<k> arrays")
+    times = metrics.read_step_times(run_dir, threads)
+    if times is not None:
+        if times["compute_s"] is None:
+            raise ValueError(f"{os.path.join(run_dir, 'step_times.npz')} has no compute_s_<k> arrays")
+        run.update(times)
     return run
 
 

@@ -1,46 +1,61 @@
-"""The algorithms, selected by ``config.algorithm``.
+"""The algorithms: who computes gradients and how they meet in the parameter store.
 
-Each exposes ``run(cfg, problem, writer, schedule) -> summary``:
-  sequential  one thread, plain numpy; the reference
-  sync        m gradients per round from the same parameters, averaged
+  sequential  one worker over a plain numpy vector; the reference
+  sync        m gradients per round from the same parameters, averaged (``sync_round``)
   lock        AsyncSGD: consistent reads and updates under a mutex
   hogwild     Hogwild!: lock-free, inconsistent reads, in-place updates
   leashed     Leashed-SGD: lock-free and consistent (CAS on a version pointer)
 
-``config.backend = "ray"`` runs sync, lock, hogwild and leashed with Ray
-worker actors and a parameter-server actor instead (``ray_backend``).
+sequential, lock, hogwild and leashed share one worker loop
+(``asynchronous``) and differ only in the store: ``STORE_MODES`` is the one
+table from algorithm to store mode. ``ray`` runs sync, lock, hogwild and
+leashed with worker actors and a parameter-server actor instead.
+
+``run(spec, run_spec, problem, writer, rule)`` compiles, runs and returns
+the summary it wrote; it takes the typed specs of ``asgd.specs``.
 """
 
 from __future__ import annotations
 
+from asgd.specs import ExecutorSpec, RunSpec
 
-from asgd.executors import sequential, sync
-from asgd.executors.shared_memory import make_runner
-
-ALGORITHMS = {
-    "sequential": sequential.run,
-    "sync": sync.run,
-    "lock": make_runner("lock"),
-    "hogwild": make_runner("hogwild"),
-    "leashed": make_runner("leashed"),
+# algorithm -> parameter-store mode (None: the single-threaded numpy store)
+STORE_MODES = {
+    "sequential": None,
+    "sync": "locked",       # one update per round; LOCKED keeps evaluation copies consistent
+    "lock": "locked",
+    "hogwild": "hogwild",
+    "leashed": "leashed",
 }
+ALGORITHMS = tuple(STORE_MODES)
 MAX_THREADS = 256
 
 
-def run(cfg, problem, writer, schedule) -> dict:
-    """Compile, then run ``cfg.algorithm``; returns the summary it wrote."""
-    if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {cfg.algorithm!r}; choose one of {sorted(ALGORITHMS)}")
-    if cfg.get("backend", "local") == "ray":  # worker and parameter-server actors
-        from asgd.executors import ray_backend
-        return ray_backend.run(cfg, problem, writer, schedule)
-    warm_up(cfg, problem)
-    return ALGORITHMS[cfg.algorithm](cfg, problem, writer, schedule)
+def make_store(algorithm: str, init):
+    """A fresh parameter store holding ``init`` in the algorithm's mode."""
+    mode = STORE_MODES[algorithm]
+    if mode is None:
+        from asgd.executors.sequential import NumpyStore
+        return NumpyStore(init)
+    from asgd.store import ParameterStore
+    return ParameterStore(init.size, mode=mode, init=init)
 
 
-def warm_up(cfg, problem) -> None:
+def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
+    """Compile, then run ``spec.algorithm``; returns the summary it wrote."""
+    if spec.ray is not None:  # worker and parameter-server actors
+        from asgd.executors.ray import driver
+        return driver.run(spec, run_spec, problem, writer, rule)
+    warm_up(spec, problem)
+    from asgd.executors import asynchronous, sync
+    execute = sync.run if spec.algorithm == "sync" else asynchronous.run
+    with make_store(spec.algorithm, problem.init_flat) as store:
+        return execute(spec, run_spec, problem, writer, rule, store)
+
+
+def warm_up(spec: ExecutorSpec, problem) -> None:
     """Compile the gradient and eval functions before the clock starts."""
     import jax
-    x, y = problem.train.x[:cfg.batch_size], problem.train.y[:cfg.batch_size]
+    x, y = problem.train.x[:spec.batch_size], problem.train.y[:spec.batch_size]
     jax.block_until_ready(problem.grad_fn(problem.init_flat, x, y))
     problem.evaluate(problem.init_flat)

@@ -1,10 +1,11 @@
-"""What every executor shares: stop conditions, the worker log, the monitor.
+"""What every executor shares: tickets, the worker log, the monitor, the thread runner.
 
-An executor runs worker threads over one parameter store. The main thread is
-the *monitor*: it polls the workers' logs, writes metrics.jsonl, evaluates a
-consistent snapshot every ``eval_every`` updates without stopping the
-workers, enforces the wall-clock budget and target loss, and finally writes
-summary.json.
+An executor runs worker threads over one parameter store. The main thread
+polls: the *monitor* (``Monitor``) measures: it reads the workers' logs,
+writes metrics.jsonl, evaluates a consistent snapshot every ``eval_every``
+updates without stopping the workers, enforces the wall-clock budget and the
+target loss, and finally writes summary.json. Control loops (the step-size
+``ScaleController``) are polled beside it and own their own state.
 
 Stopping. ``Tickets`` hands out minibatch numbers and is the one place that
 decides to stop. With ``num_updates`` it hands a ticket only while
@@ -22,11 +23,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from asgd import metrics
+from asgd.specs import RunSpec
 
 POLL_S = 0.01
 
@@ -96,17 +98,21 @@ class WorkerLog:
         self.dropped = 0
         self.discarded = 0                # gradients computed after a stop, not applied
 
-    def gradient(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> bool:
-        """Record one computed gradient; False when it must be discarded.
-
-        A non-finite loss stops the run (divergence). Once the run is stopping,
-        the gradient is discarded and its ticket returned unapplied.
-        """
+    def record(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> None:
+        """Record one computed gradient; a non-finite loss stops the run (divergence)."""
         self.read_s.append(read_s)
         self.compute_s.append(compute_s)
         self.loss.append(loss)
         if not math.isfinite(loss):
             tickets.stop(f"diverged: non-finite minibatch loss at update {tickets.applied}")
+
+    def gradient(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> bool:
+        """Record one asynchronous gradient; False when it must be discarded.
+
+        Once the run is stopping, the gradient is discarded and its ticket
+        returned unapplied.
+        """
+        self.record(tickets, loss, read_s, compute_s)
         if tickets.stopped:
             self.discarded += 1
             tickets.finish(False)
@@ -124,20 +130,14 @@ class WorkerLog:
         tickets.finish(result.applied, after_stop=tickets.stopped)
 
 
-class StopConfig(NamedTuple):
-    num_updates: int
-    max_batches: int
-    time_budget_s: float
-    target_loss: float
+def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor",
+                pollers: Sequence[Callable[[], object]] = (),
+                on_error: Callable[[], None] | None = None) -> None:
+    """Start one thread per worker callable; poll the monitor (and ``pollers``) until all end.
 
-    @classmethod
-    def of(cls, cfg, batches_per_epoch: int) -> "StopConfig":
-        return cls(int(cfg.num_updates), int(cfg.epochs * batches_per_epoch),
-                   float(cfg.time_budget_s), float(cfg.target_loss))
-
-
-def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor") -> None:
-    """Start one thread per worker callable and monitor them until all end."""
+    A worker's exception stops the run, calls ``on_error`` (e.g. to release
+    threads waiting for it) and is raised here once every thread has ended.
+    """
     errors: list[BaseException] = []
 
     def guarded(fn):
@@ -147,6 +147,8 @@ def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor") -> No
             except BaseException as e:  # surfaced in the main thread below
                 errors.append(e)
                 monitor.tickets.stop(f"error: {type(e).__name__}: {e}")
+                if on_error is not None:
+                    on_error()
         return run
 
     threads = [threading.Thread(target=guarded(fn), name=f"asgd-worker-{i}", daemon=True)
@@ -157,6 +159,8 @@ def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor") -> No
     try:
         while any(t.is_alive() for t in threads):
             time.sleep(POLL_S)
+            for poll in pollers:
+                poll()
             monitor.poll()
     except KeyboardInterrupt:
         monitor.tickets.stop("interrupted")
@@ -172,18 +176,30 @@ def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor") -> No
 
 
 class Monitor:
-    """The main thread's view of a run: metrics, evaluation, stop conditions."""
+    """The main thread's view of a run: metrics, evaluation, stop conditions.
 
-    def __init__(self, cfg, problem, store, tickets: Tickets, logs: list[WorkerLog],
-                 writer: metrics.RunWriter, stop: StopConfig, schedule=None,
-                 extra_summary: Callable[[], dict] | None = None):
-        self.cfg, self.problem, self.store, self.tickets = cfg, problem, store, tickets
-        self.logs, self.writer, self.stop, self.schedule = logs, writer, stop, schedule
-        self.extra_summary = extra_summary or dict
-        self.targets = sorted({*map(float, cfg.loss_targets),
+    Args:
+      run: what to measure and when to stop (``RunSpec``).
+      header: fields that open summary.json (algorithm, threads).
+      evaluate: flat parameters -> (eval loss, eval accuracy).
+      store: what holds the parameters (``read_copy``, ``stats``).
+      tickets: the run's ``Tickets`` (or a stand-in with the same attributes).
+      logs: one ``WorkerLog`` per worker.
+      writer: the run folder's ``RunWriter``.
+      max_batches: the minibatches the run may use (epochs x per epoch; 0 = no cap).
+      parts: callables whose dicts are added to the summary when it is written.
+    """
+
+    def __init__(self, run: RunSpec, header: dict, evaluate: Callable, store, tickets,
+                 logs: Sequence[WorkerLog], writer: metrics.RunWriter, max_batches: int = 0,
+                 parts: Sequence[Callable[[], dict]] = ()):
+        self.run, self.header, self.evaluate, self.store = run, dict(header), evaluate, store
+        self.tickets, self.logs, self.writer, self.parts = tickets, logs, writer, tuple(parts)
+        self.max_batches = max_batches
+        stop = run.stop
+        self.targets = sorted({*map(float, run.loss_targets),
                                *([stop.target_loss] if stop.target_loss > 0 else [])}, reverse=True)
         self._loss_seen = [0] * len(logs)
-        self._tau_seen = [0] * len(logs)
         self.times: list[float] = []
         self.train_losses: list[float] = []
         self.last_eval: tuple[float, float] = (math.nan, math.nan)
@@ -194,14 +210,15 @@ class Monitor:
     def start(self) -> None:
         from tqdm import tqdm
         self.t0, self.t_end = time.perf_counter(), None
-        self.progress = tqdm(total=self.stop.num_updates or None, unit="upd", dynamic_ncols=True,
-                             disable=bool(self.cfg.quiet), mininterval=0.5, leave=False)
+        self.progress = tqdm(total=self.run.stop.num_updates or None, unit="upd", dynamic_ncols=True,
+                             disable=bool(self.run.quiet), mininterval=0.5, leave=False)
         self._emit(force_eval=True)
         self.t0 = time.perf_counter()  # the clock starts after the initial evaluation
 
     def poll(self) -> None:
         elapsed = self._elapsed()
-        if self.stop.time_budget_s > 0 and elapsed >= self.stop.time_budget_s:
+        budget = self.run.stop.time_budget_s
+        if budget > 0 and elapsed >= budget:
             self.tickets.stop("time_budget")
         applied = self.tickets.applied
         if applied >= self.next_log or applied >= self.next_eval:
@@ -218,13 +235,12 @@ class Monitor:
         self.writer.step_times(self.logs)
 
     # -- events -------------------------------------------------------------
-    def _new(self, attribute: str, seen: list[int]) -> list:
+    def _new_losses(self) -> list:
         fresh = []
         for k, log in enumerate(self.logs):
-            values = getattr(log, attribute)
-            end = len(values)
-            fresh.extend(values[seen[k]:end])
-            seen[k] = end
+            end = len(log.loss)
+            fresh.extend(log.loss[self._loss_seen[k]:end])
+            self._loss_seen[k] = end
         return fresh
 
     def _elapsed(self) -> float:
@@ -235,34 +251,31 @@ class Monitor:
         """One metrics.jsonl event: train loss since the last one, maybe eval."""
         applied = self.tickets.applied
         elapsed = 0.0 if applied == 0 and self.t_end is None else self._elapsed()
-        losses = self._new("loss", self._loss_seen)
+        losses = self._new_losses()
         record = {"updates": applied, "wall_time_s": elapsed}
         if losses:
             train_loss = float(np.mean(losses))
             record["train_loss"] = train_loss
             self.times.append(elapsed)
             self.train_losses.append(train_loss)
+            target = self.run.stop.target_loss
             if not math.isfinite(train_loss):
                 self.tickets.stop(f"diverged: non-finite training loss by update {applied}")
-            elif self.stop.target_loss > 0 and train_loss <= self.stop.target_loss:
+            elif target > 0 and train_loss <= target:
                 self.tickets.stop("target_loss")
-        if self.schedule is not None:
-            taus = self._new("staleness", self._tau_seen)
-            if taus:
-                self.schedule.observe(np.asarray(taus))
         if force_eval or applied >= self.next_eval:
             snapshot = self.store.read_copy()
             if not np.isfinite(snapshot).all():
                 self.tickets.stop(f"diverged: non-finite parameters by update {applied}")
                 record["eval_loss"] = record["eval_accuracy"] = math.nan
             else:
-                record["eval_loss"], record["eval_accuracy"] = self.problem.evaluate(snapshot)
+                record["eval_loss"], record["eval_accuracy"] = self.evaluate(snapshot)
             self.last_eval = (record["eval_loss"], record["eval_accuracy"])
-            self.next_eval = applied + max(1, int(self.cfg.eval_every))
+            self.next_eval = applied + max(1, self.run.eval_every)
         live = self.store.stats().get("live")
         if live is not None:
             record["live_buffers"] = live
-        self.next_log = applied + max(1, int(self.cfg.log_every))
+        self.next_log = applied + max(1, self.run.log_every)
         self.writer.log(record)
         if self.progress is not None and "train_loss" in record:
             self.progress.set_postfix(loss=f"{record['train_loss']:.4f}",
@@ -275,9 +288,10 @@ class Monitor:
         taus_per_worker = [np.asarray(log.staleness, np.int64) for log in self.logs]
         taus = np.concatenate(taus_per_worker) if taus_per_worker else np.zeros(0, np.int64)
         attempts = np.concatenate([np.asarray(log.attempts, np.int64) for log in self.logs])
+        compute = np.concatenate([np.asarray(log.compute_s) for log in self.logs])
         stats = self.store.stats()
         summary = {
-            "algorithm": self.cfg.algorithm, "threads": int(self.cfg.threads),
+            **self.header,
             "updates": applied, "wall_time_s": elapsed,
             "updates_per_s": applied / max(elapsed, 1e-9),
             "updates_per_s_per_worker": [len(log.staleness) / max(elapsed, 1e-9) for log in self.logs],
@@ -297,10 +311,8 @@ class Monitor:
             "peak_live_buffers": stats.get("peak_live"),
             "buffers_allocated": stats.get("allocated"),
             "peak_rss_mb": metrics.peak_rss_mb(),
-            "mean_compute_s": float(np.mean(np.concatenate(
-                [np.asarray(log.compute_s) for log in self.logs]))) if applied else None,
+            "mean_compute_s": float(compute.mean()) if compute.size else None,
         }
-        if self.schedule is not None:
-            summary["alpha_table"] = self.schedule.alpha_table()
-        summary.update(self.extra_summary())
+        for part in self.parts:
+            summary.update(part())
         return summary

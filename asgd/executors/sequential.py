@@ -1,9 +1,9 @@
-"""Sequential SGD: one worker over a plain numpy vector. The reference.
+"""Sequential SGD's store: one plain numpy vector with the parameter-store interface.
 
-It shares the worker loop with the asynchronous executors, so with the same
-seed and one thread every algorithm performs the same updates; its store is
-plain numpy with no synchronisation at all, which also makes it the
-reference the C kernel's stores are checked against.
+Sequential SGD is the asynchronous worker loop with one worker over this
+store, so with the same seed and one thread every algorithm performs the
+same updates; having no synchronisation at all, it is also the reference the
+C kernel's stores are checked against.
 """
 
 from __future__ import annotations
@@ -12,17 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from asgd.executors.asynchronous import run_async
-
-
-def aligned_empty(size: int, alignment: int = 64) -> np.ndarray:
-    """float32 [size] whose data pointer is ``alignment``-byte aligned.
-
-    jax.device_put aliases a 64-byte aligned numpy buffer instead of copying.
-    """
-    raw = np.empty(size + alignment // 4, np.float32)
-    offset = (-raw.ctypes.data % alignment) // 4
-    return raw[offset:offset + size]
+from asgd.store import aligned_empty
 
 
 class Snapshot:
@@ -92,10 +82,8 @@ class NumpyStore:
     def close(self) -> None:
         pass
 
+    def __enter__(self):
+        return self
 
-def run(cfg, problem, writer, schedule) -> dict:
-    """Plain SGD, one thread, ``cfg.threads`` ignored (must be 1)."""
-    store = NumpyStore(problem.init_flat)
-    dc_lambda = float(cfg.dc_lambda) if cfg.stepsize == "dc_asgd" else 0.0
-    return run_async(cfg, problem, writer, store, schedule, threads=1, persistence=-1,
-                     dc_lambda=dc_lambda)
+    def __exit__(self, *exc):
+        self.close()
