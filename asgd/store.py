@@ -22,7 +22,7 @@ Typical worker loop::
 All per-element work runs in C with the GIL released. Errors are Python
 exceptions (ValueError, TypeError, MemoryError, StoreClosedError, StoreError).
 
-Per-attempt scale (the issue asks which API we chose, and why): both.
+Per-attempt scale: two APIs, for two kinds of rule.
 ``update(u, scales, ...)`` takes a table of scales indexed by the staleness
 tau of each attempt (clamped to the last entry). It is the fast path: the
 whole retry loop runs in one C call, without the GIL and without Python per

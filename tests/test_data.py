@@ -133,6 +133,7 @@ def test_digits_is_embedded_and_split():
     assert train.x.shape[1:] == (8, 8, 1) and train.x.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_tfds_fails_fast_and_clearly_offline():
     import time
     start = time.perf_counter()

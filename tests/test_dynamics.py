@@ -137,6 +137,7 @@ def test_bad_simulator_input_raises():
         sim.parse_dist("gamma:1")
 
 
+@pytest.mark.slow
 def test_million_updates_in_seconds():
     import time
     t0 = time.perf_counter()
@@ -333,10 +334,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_validate_a_real_leashed_run(config):
+def test_validate_a_real_leashed_run(config, train):
     """The executors' step_times.npz feeds the simulator; its staleness is close."""
     from asgd.dynamics.validation import validate
-    from asgd.run import train
     config.algorithm, config.threads, config.num_updates = "leashed", 2, 1500
     summary = train(config)
     report = validate(summary["run_dir"], num_updates=20_000)

@@ -126,13 +126,22 @@ def test_an_unreachable_address_fails_fast(config):
         # closed port, Ray Client scheme, a port that accepts but never answers (times out)
         for address in ("127.0.0.1:1", "ray://127.0.0.1:1", f"127.0.0.1:{port}"):
             cfg = on_ray(config, "leashed", ray_address=address, ray_connect_timeout_s=1.0)
-            began = time.monotonic()
             with pytest.raises(RayBackendError, match="cannot reach the Ray cluster"):
                 train(cfg)
-            assert time.monotonic() - began < 5.0
     # the real, running local Ray passes the same probe
     from asgd.executors.ray.address import check_address
     check_address(ray.get_runtime_context().gcs_address, 2.0)
+
+
+@pytest.mark.slow
+def test_an_unreachable_address_fails_within_seconds(config):
+    server, port = silent_server()
+    with server:
+        cfg = on_ray(config, "leashed", ray_address=f"127.0.0.1:{port}", ray_connect_timeout_s=1.0)
+        began = time.monotonic()
+        with pytest.raises(RayBackendError, match="cannot reach the Ray cluster"):
+            train(cfg)
+        assert time.monotonic() - began < 5.0
 
 
 def test_bad_input_gives_one_line_errors(config, monkeypatch):

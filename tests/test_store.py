@@ -296,9 +296,10 @@ def test_threads_hogwild_completes():
     assert not errors
     s = st.stats()
     assert st.version == s["applied"] == m * n_per and s["dropped"] == 0
-    lost = c["hw"] - float(st.read_copy().astype(np.float64).mean())
-    assert lost >= 0  # measured, not asserted to be zero
-    print(f"hogwild lost {lost:.1f} of {c['hw']:.0f}")
+    # Racy in-place adds may lose some of the applied increments, never invent any:
+    # every element lies between 0 and the sum of the applied updates' scales.
+    x = st.read_copy().astype(np.float64)
+    assert x.min() >= 0.0 and x.max() <= c["hw"] * (1 + 1e-6), (x.min(), x.max(), c["hw"])
 
 
 def test_concurrent_close_and_release_after_close():
@@ -473,7 +474,9 @@ def test_missing_build_message(monkeypatch):
 
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("cc") is None,
                     reason="needs make and a C compiler")
-@pytest.mark.parametrize("target", ["stress-short", "tsan", "asan"])
+@pytest.mark.parametrize("target", ["stress-short",
+                                    pytest.param("tsan", marks=pytest.mark.slow),
+                                    pytest.param("asan", marks=pytest.mark.slow)])
 def test_c_stress_short_plain_and_under_sanitizers(target):
     """The C stress program's short run, plain, under TSan, and under ASan+UBSan.
 

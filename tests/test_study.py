@@ -1,7 +1,7 @@
 """The study: aggregation math, the sweep expansion, a smoke study, resume, the CLI."""
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -20,12 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def study_config(tmp_path, name="study_digits.py"):
     """A study config from configs/, writing into tmp_path, quiet."""
-    if REPO not in sys.path:  # the configs import configs.default
-        sys.path.insert(0, REPO)
-    spec = importlib.util.spec_from_file_location("study_cfg", os.path.join(REPO, "configs", name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = importlib.import_module(f"asgd.configs.{name.removesuffix('.py')}").get_config()
     cfg.study_dir = str(tmp_path / "study")
     cfg.quiet = True
     return cfg

@@ -35,18 +35,12 @@ def worker_loop(grad_fn, batches, store, tickets: Tickets, log: WorkerLog,
     ``-alpha(tau) * delay_compensation(g, theta_now, theta_read)`` with that
     attempt's theta_now, through the store's two-phase API.
     """
-    clock = time.perf_counter
     while (i := tickets.take()) is not None:
-        x, y = batches.get(i)
-        began = clock()
-        snapshot = store.acquire()
+        snapshot, loss, leaves, read_s, compute_s = gradient(store, grad_fn, *batches.get(i))
+        computed = time.perf_counter()
         try:
-            acquired = clock()
-            loss, grads = grad_fn(snapshot.array, x, y)
-            leaves = jax.block_until_ready(jax.tree.leaves(grads))
             t_read = snapshot.version
-            computed = clock()
-            if not log.gradient(tickets, float(loss), acquired - began, computed - acquired):
+            if not log.gradient(tickets, loss, read_s, compute_s):
                 return
             if dc_lambda:
                 rule = delay_compensated(leaves, snapshot.array, scales.array, dc_lambda)
@@ -57,7 +51,26 @@ def worker_loop(grad_fn, batches, store, tickets: Tickets, log: WorkerLog,
         finally:
             if not snapshot.released:
                 snapshot.release()
-        log.update(tickets, result, clock() - computed)
+        log.update(tickets, result, time.perf_counter() - computed)
+
+
+def gradient(store, grad_fn, x, y):
+    """Acquire a snapshot and compute the minibatch gradient on it.
+
+    Returns (snapshot, loss, gradient leaves, read_s, compute_s); the
+    snapshot is still held (the caller releases it), the leaves are ready.
+    """
+    began = time.perf_counter()
+    snapshot = store.acquire()
+    try:
+        acquired = time.perf_counter()
+        loss, grads = grad_fn(snapshot.array, x, y)
+        leaves = jax.block_until_ready(jax.tree.leaves(grads))
+        loss = float(loss)
+    except BaseException:
+        snapshot.release()
+        raise
+    return snapshot, loss, leaves, acquired - began, time.perf_counter() - acquired
 
 
 def delay_compensated(leaves, theta_read: np.ndarray, scales: np.ndarray, lam: float):

@@ -8,11 +8,9 @@ C kernel's stores are checked against.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from asgd.store import aligned_empty
+from asgd.store import UpdateResult, aligned_empty
 
 
 class Snapshot:
@@ -29,13 +27,6 @@ class Snapshot:
 
     def __exit__(self, *exc):
         self.release()
-
-
-class UpdateResult(NamedTuple):
-    applied: bool
-    attempts: int
-    staleness: int
-    version: int
 
 
 class NumpyStore:

@@ -7,12 +7,10 @@ a round is open, so every thread reads the same parameters), submit it.
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
-import jax
-
 from asgd.data import Batches
+from asgd.executors.asynchronous import gradient
 from asgd.executors.base import Monitor, Tickets, WorkerLog, run_threads
 from asgd.executors.scales import ScaleController, schedule
 from asgd.executors.sync_round import SyncRounds
@@ -21,17 +19,11 @@ from asgd.specs import ExecutorSpec, RunSpec
 
 def worker(k: int, rounds: SyncRounds, grad_fn, batches: Batches, store) -> None:
     """Thread k of a synchronous run."""
-    clock = time.perf_counter
     while (assignment := rounds.assignment(k)) is not None:
         batch, _ = assignment
-        x, y = batches.get(batch)
-        began = clock()
-        with store.acquire() as snapshot:
-            acquired = clock()
-            loss, grads = grad_fn(snapshot.array, x, y)
-            leaves = jax.block_until_ready(jax.tree.leaves(grads))
-            computed = clock()
-        rounds.submit(k, batch, leaves, float(loss), acquired - began, computed - acquired)
+        snapshot, loss, leaves, read_s, compute_s = gradient(store, grad_fn, *batches.get(batch))
+        snapshot.release()
+        rounds.submit(k, batch, leaves, loss, read_s, compute_s)
 
 
 def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
