@@ -53,6 +53,15 @@ def panels(count: int, ncols: int = 3, size: tuple[float, float] = (4.2, 3.2)):
     return fig, list(axes[:count])
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, title, a light grid and the legend of one panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def note_figure(title: str, text: str) -> Figure:
     fig = Figure(figsize=(5, 2.5), layout="constrained")
     ax = fig.subplots()
@@ -94,12 +103,8 @@ def loss_vs_time(groups: dict[tuple, list[Run]]) -> Figure:
             if len(runs) > 1:
                 std = losses.std(axis=0, ddof=1)
                 ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        ax.set_title(f"m = {m}")
-        ax.set_xlabel("wall-clock time (s)")
-        ax.set_ylabel("training loss (running mean)")
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        label_axes(ax, "wall-clock time (s)", "training loss (running mean)", f"m = {m}")
     fig.suptitle("Training loss vs time (mean ± std over seeds)")
     return fig
 
@@ -211,11 +216,8 @@ def live_buffers(groups: dict[tuple, list[Run]]) -> Figure:
         for j, (t, live) in enumerate(curves):
             ax.step(t, live, where="post", color=f"C{i % 10}", alpha=0.8,
                     label=aggregate.group_label(key) if j == 0 else None)
-    ax.set_xlabel("wall-clock time (s)")
-    ax.set_ylabel("live parameter buffers")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Live buffers over time (one line per seed)")
+    label_axes(ax, "wall-clock time (s)", "live parameter buffers",
+               "Live buffers over time (one line per seed)")
     return fig
 
 
@@ -248,11 +250,7 @@ def alpha_tau(groups: dict[tuple, list[Run]]) -> Figure:
             label = aggregate.group_label(keys[0]) + (f" (+{len(keys) - 1} same)" if len(keys) > 1 else "")
         values = np.asarray(table, np.float64)[np.minimum(taus, len(table) - 1)]  # last entry holds beyond
         ax.step(taus, values, where="mid", label=label)
-    ax.set_xlabel("staleness τ")
-    ax.set_ylabel("step size α(τ)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Step-size strategies: α(τ) at the end of the runs")
+    label_axes(ax, "staleness τ", "step size α(τ)", "Step-size strategies: α(τ) at the end of the runs")
     return fig
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -89,8 +90,18 @@ def delay_compensated(leaves, theta_read: np.ndarray, scales: np.ndarray, lam: f
     return apply
 
 
-def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
-    """Run ``spec.threads`` asynchronous workers over ``store``; returns the summary."""
+class Setup(NamedTuple):
+    """What one local run's threads share (``prepare``)."""
+
+    batches: Batches
+    tickets: Tickets
+    logs: list
+    scales: ScaleController
+    monitor: Monitor
+
+
+def prepare(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> Setup:
+    """The minibatch stream, tickets, logs, scale table and monitor of a local run."""
     batches = Batches(problem.train, spec.batch_size, spec.seed)
     stop = run_spec.stop
     max_batches = stop.epochs * batches.per_epoch
@@ -100,7 +111,13 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> 
     monitor = Monitor(run_spec, {"algorithm": spec.algorithm, "threads": spec.threads},
                       problem.evaluate, store, tickets, logs, writer, max_batches,
                       parts=[scales.summary])
-    run_threads([partial(worker_loop, problem.grad_fn, batches, store, tickets, log, scales,
-                         spec.persistence, rule.dc_lambda) for log in logs],
-                monitor, pollers=[scales.poll])
-    return monitor.summary()
+    return Setup(batches, tickets, logs, scales, monitor)
+
+
+def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
+    """Run ``spec.threads`` asynchronous workers over ``store``; returns the summary."""
+    s = prepare(spec, run_spec, problem, writer, rule, store)
+    run_threads([partial(worker_loop, problem.grad_fn, s.batches, store, s.tickets, log, s.scales,
+                         spec.persistence, rule.dc_lambda) for log in s.logs],
+                s.monitor, pollers=[s.scales.poll])
+    return s.monitor.summary()

@@ -130,6 +130,28 @@ class WorkerLog:
         tickets.finish(result.applied, after_stop=tickets.stopped)
 
 
+class LogCursor:
+    """The entries of one field of the workers' logs that are new since the last ``fresh()``.
+
+    Readers on the main thread (the monitor, the scale controller) each keep
+    their own cursor; workers only append, so a length read once bounds a
+    consistent prefix.
+    """
+
+    def __init__(self, logs: Sequence[WorkerLog], field: str):
+        self.logs, self.field = logs, field
+        self._seen = [0] * len(logs)
+
+    def fresh(self) -> list:
+        out = []
+        for k, log in enumerate(self.logs):
+            values = getattr(log, self.field)
+            end = len(values)
+            out.extend(values[self._seen[k]:end])
+            self._seen[k] = end
+        return out
+
+
 def run_threads(workers: Sequence[Callable[[], None]], monitor: "Monitor",
                 pollers: Sequence[Callable[[], object]] = (),
                 on_error: Callable[[], None] | None = None) -> None:
@@ -199,7 +221,7 @@ class Monitor:
         stop = run.stop
         self.targets = sorted({*map(float, run.loss_targets),
                                *([stop.target_loss] if stop.target_loss > 0 else [])}, reverse=True)
-        self._loss_seen = [0] * len(logs)
+        self._losses = LogCursor(logs, "loss")
         self.times: list[float] = []
         self.train_losses: list[float] = []
         self.last_eval: tuple[float, float] = (math.nan, math.nan)
@@ -235,14 +257,6 @@ class Monitor:
         self.writer.step_times(self.logs)
 
     # -- events -------------------------------------------------------------
-    def _new_losses(self) -> list:
-        fresh = []
-        for k, log in enumerate(self.logs):
-            end = len(log.loss)
-            fresh.extend(log.loss[self._loss_seen[k]:end])
-            self._loss_seen[k] = end
-        return fresh
-
     def _elapsed(self) -> float:
         """Training wall time: from after the initial evaluation to the workers' end."""
         return (self.t_end or time.perf_counter()) - self.t0
@@ -251,7 +265,7 @@ class Monitor:
         """One metrics.jsonl event: train loss since the last one, maybe eval."""
         applied = self.tickets.applied
         elapsed = 0.0 if applied == 0 and self.t_end is None else self._elapsed()
-        losses = self._new_losses()
+        losses = self._losses.fresh()
         record = {"updates": applied, "wall_time_s": elapsed}
         if losses:
             train_loss = float(np.mean(losses))

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 from asgd import stepsize
+from asgd.executors.base import LogCursor
 
 SUPPORTED = ("asgd.stepsize's constant, inverse, fleet, tail_tau, mindthestep and "
              "scale_by_staleness, optax.scale, or a chain of them")
@@ -168,17 +169,13 @@ class ScaleController:
     """
 
     def __init__(self, schedule: StalenessSchedule, logs: Sequence):
-        self.schedule, self.logs = schedule, logs
-        self._seen = [0] * len(logs)
+        self.schedule = schedule
+        self._staleness = LogCursor(logs, "staleness")
         self.array = np.ascontiguousarray(schedule.table(), np.float32)
 
     def poll(self) -> bool:
         """Observe new staleness; True when ``array`` was replaced."""
-        fresh = []
-        for k, log in enumerate(self.logs):
-            end = len(log.staleness)
-            fresh.extend(log.staleness[self._seen[k]:end])
-            self._seen[k] = end
+        fresh = self._staleness.fresh()
         if fresh and self.schedule.observe(np.asarray(fresh)):
             self.array = np.ascontiguousarray(self.schedule.table(), np.float32)
             return True

@@ -10,9 +10,8 @@ from __future__ import annotations
 from functools import partial
 
 from asgd.data import Batches
-from asgd.executors.asynchronous import gradient
-from asgd.executors.base import Monitor, Tickets, WorkerLog, run_threads
-from asgd.executors.scales import ScaleController, schedule
+from asgd.executors.asynchronous import gradient, prepare
+from asgd.executors.base import run_threads
 from asgd.executors.sync_round import SyncRounds
 from asgd.specs import ExecutorSpec, RunSpec
 
@@ -28,17 +27,9 @@ def worker(k: int, rounds: SyncRounds, grad_fn, batches: Batches, store) -> None
 
 def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
     """``spec.threads`` threads in synchronous rounds over ``store``; returns the summary."""
-    batches = Batches(problem.train, spec.batch_size, spec.seed)
-    stop = run_spec.stop
-    max_batches = stop.epochs * batches.per_epoch
-    tickets = Tickets(stop.num_updates, max_batches)
-    logs = [WorkerLog() for _ in range(spec.threads)]
-    scales = ScaleController(schedule(rule.transform), logs)
-    rounds = SyncRounds(store, tickets, logs, lambda: scales.array)
-    monitor = Monitor(run_spec, {"algorithm": spec.algorithm, "threads": spec.threads},
-                      problem.evaluate, store, tickets, logs, writer, max_batches,
-                      parts=[scales.summary])
-    run_threads([partial(worker, k, rounds, problem.grad_fn, batches, store)
-                 for k in range(spec.threads)], monitor, pollers=[scales.poll],
+    s = prepare(spec, run_spec, problem, writer, rule, store)
+    rounds = SyncRounds(store, s.tickets, s.logs, lambda: s.scales.array)
+    run_threads([partial(worker, k, rounds, problem.grad_fn, s.batches, store)
+                 for k in range(spec.threads)], s.monitor, pollers=[s.scales.poll],
                 on_error=rounds.stop)
-    return monitor.summary()
+    return s.monitor.summary()
