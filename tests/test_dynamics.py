@@ -303,18 +303,40 @@ def test_cli_simulate_prints_table_and_writes_plot(tmp_path, capsys):
 
 
 def test_cli_penalty_and_validate(tmp_path, capsys):
-    plot = tmp_path / "p.png"
+    out = tmp_path / "penalty"
     rc = cli.main(["penalty", "--problem", "least_squares", "--methods", "constant,fleet",
                    "--steps", "500", "--seeds", "2", "--staleness", "geometric:0.25",
-                   "--plot", str(plot)])
+                   "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "sequential (tau=0)" in text and "fleet" in text
-    assert plot.exists()
+    assert (out / "penalty.png").stat().st_size > 1000
+    assert set(json.loads((out / "penalty.json").read_text())["methods"]) == {"constant", "fleet"}
     run = _fake_run(tmp_path, "lock")
-    rc = cli.main(["validate", str(run), "--updates", "5000", "--plot", str(tmp_path / "v.png")])
+    rc = cli.main(["validate", str(run), "--updates", "5000", "--plot", str(tmp_path / "v.png"),
+                   "--json", str(tmp_path / "v.json")])
     assert rc == 0
     assert "TV(sim, measured)" in capsys.readouterr().out
+    assert (tmp_path / "v.png").exists() and (tmp_path / "v.json").exists()
+
+
+def test_cli_default_outputs_never_overwrite_each_other(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert cli.main(["simulate", "--threads", "2", "--updates", "500"]) == 0
+    folders = sorted(p.name for p in (tmp_path / "dynamics").iterdir())
+    assert len(folders) == 2 and all(f.startswith("simulate-") for f in folders)
+    for folder in folders:
+        assert {p.name for p in (tmp_path / "dynamics" / folder).iterdir()} == {
+            "simulate.png", "simulate.json"}
+
+
+def test_cli_help_describes_every_flag():
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
 @pytest.mark.parametrize("argv, message", [

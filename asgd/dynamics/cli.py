@@ -1,7 +1,10 @@
 """Command line: ``python -m asgd.dynamics {simulate,penalty,validate} ...``.
 
-Each subcommand prints a table and writes a PNG plot (and, with --json, the
-full results). Bad input exits with status 2 and one line on stderr.
+Each subcommand prints a table and writes a PNG plot and the full results as
+JSON into its own output folder (``--out``, by default
+``dynamics/<command>-<timestamp>/``, so no call overwrites another's;
+``--plot`` and ``--json`` name the files instead). Bad input exits with
+status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -81,10 +84,31 @@ def _figure(n: int):
     return fig, axes.ravel()
 
 
-def _write_json(path: str | None, obj) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=1, default=float)
+def _outputs(args) -> None:
+    """Resolve --out/--plot/--json into file paths; folders are made when written."""
+    import datetime
+    import os
+    if not args.out:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = args.out = os.path.join("dynamics", f"{args.command}-{stamp}")
+        k = 1
+        while os.path.exists(args.out):  # two calls within a second
+            k += 1
+            args.out = f"{base}-{k}"
+    args.plot = args.plot or os.path.join(args.out, f"{args.command}.png")
+    args.json = args.json or os.path.join(args.out, f"{args.command}.json")
+
+
+def _parent(path: str) -> str:
+    import os
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return path
+
+
+def _write_json(path: str, obj) -> None:
+    with open(_parent(path), "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    print(f"results: {path}")
 
 
 # ----------------------------------------------------------------- simulate ----
@@ -208,7 +232,7 @@ def cmd_validate(args) -> None:
 
 def _save(fig, path: str) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(_parent(path), dpi=110)
     print(f"plot: {path}")
 
 
@@ -229,13 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "once for all workers or once per worker (default exp:1)")
     s.add_argument("--update-time", default="0.01", help="update (CAS attempt) time: a number "
                    "or a distribution as --compute (default 0.01)")
-    s.add_argument("--read-time", default="0", help="lock: time a read holds the mutex")
-    s.add_argument("--persistence", type=int, default=-1, help="leashed CAS retries (-1: unbounded)")
-    s.add_argument("--updates", type=int, default=100_000)
-    s.add_argument("--burn-in", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--plot", default="dynamics_simulate.png")
-    s.add_argument("--json", default=None, help="also write the results as JSON here")
+    s.add_argument("--read-time", default="0", help="lock: time a read holds the mutex (default 0)")
+    s.add_argument("--persistence", type=int, default=-1,
+                   help="leashed CAS retries after the first attempt (-1: unbounded, the default)")
+    s.add_argument("--updates", type=int, default=100_000,
+                   help="simulated updates per (discipline, m) (default 100000)")
+    s.add_argument("--burn-in", type=int, default=100,
+                   help="first updates left out of the statistics (default 100)")
+    s.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    s.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: dynamics/simulate-<timestamp>)")
+    s.add_argument("--plot", default=None, metavar="PNG", help="plot file (default: <out>/simulate.png)")
+    s.add_argument("--json", default=None, metavar="FILE",
+                   help="results as JSON (default: <out>/simulate.json)")
     s.set_defaults(fn=cmd_simulate)
 
     q = sub.add_parser("penalty", help="iterations to epsilon under injected staleness")
@@ -243,26 +273,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="least_squares, logistic or digits_mlp")
     q.add_argument("--staleness", default="poisson:7",
                    help="poisson:LAM, geometric:P, cmp:LAM,NU or hist:FILE (default poisson:7)")
-    q.add_argument("--methods", default="constant,inverse,fleet,tail_tau,mindthestep")
+    q.add_argument("--methods", default="constant,inverse,fleet,tail_tau,mindthestep",
+                   help="step-size rules, comma-separated (default: all)")
     q.add_argument("--threads", type=int, default=None, help="FLeet's m (default round(E tau)+1)")
     q.add_argument("--alpha", type=float, default=None, help="step size (default: per problem)")
     q.add_argument("--epsilon", type=float, default=None,
                    help="relative suboptimality target (default: per problem)")
-    q.add_argument("--steps", type=int, default=3000)
-    q.add_argument("--seeds", type=int, default=5)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--plot", default="dynamics_penalty.png")
-    q.add_argument("--json", default=None)
+    q.add_argument("--steps", type=int, default=3000,
+                   help="iterations per run; a run that has not reached epsilon by then counts "
+                        "as not reached (default 3000)")
+    q.add_argument("--seeds", type=int, default=5, help="repetitions (default 5)")
+    q.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    q.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: dynamics/penalty-<timestamp>)")
+    q.add_argument("--plot", default=None, metavar="PNG", help="plot file (default: <out>/penalty.png)")
+    q.add_argument("--json", default=None, metavar="FILE",
+                   help="results as JSON (default: <out>/penalty.json)")
     q.set_defaults(fn=cmd_penalty)
 
     v = sub.add_parser("validate", help="simulated vs measured staleness of run folders")
-    v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    v.add_argument("--updates", type=int, default=200_000, help="simulated updates")
-    v.add_argument("--update-time", type=float, default=None, help="override (seconds)")
-    v.add_argument("--read-time", type=float, default=None, help="override (seconds)")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--plot", default="dynamics_validate.png")
-    v.add_argument("--json", default=None)
+    v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results folders of train.py runs")
+    v.add_argument("--updates", type=int, default=200_000, help="simulated updates (default 200000)")
+    v.add_argument("--update-time", type=float, default=None,
+                   help="uncontended update time in seconds (default: from step_times.npz)")
+    v.add_argument("--read-time", type=float, default=None,
+                   help="lock: uncontended read time in seconds (default: from step_times.npz)")
+    v.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    v.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: dynamics/validate-<timestamp>)")
+    v.add_argument("--plot", default=None, metavar="PNG", help="plot file (default: <out>/validate.png)")
+    v.add_argument("--json", default=None, metavar="FILE",
+                   help="results as JSON (default: <out>/validate.json)")
     v.set_defaults(fn=cmd_validate)
     return p
 
@@ -270,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _outputs(args)
         args.fn(args)
     except (UsageError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
