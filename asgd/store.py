@@ -48,7 +48,7 @@ except ImportError as _e:  # pragma: no cover - exercised only without a build
 
 __all__ = [
     "ParameterStore", "Snapshot", "Attempt", "UpdateResult", "StoreError",
-    "StoreClosedError", "MODES", "available", "aligned_empty",
+    "StoreClosedError", "MODES", "available", "aligned_empty", "build_info",
 ]
 
 MODES = {"leashed": 0, "hogwild": 1, "locked": 2}
@@ -75,6 +75,14 @@ class UpdateResult(NamedTuple):
 def available() -> bool:
     """True if the compiled kernel ``asgd._pstore`` can be imported."""
     return _lib is not None
+
+
+def build_info() -> dict:
+    """How the C kernel was built: {"compiler", "cflags", "vector"} (the widest
+    vector instruction set the compiler was allowed)."""
+    _need_lib()
+    text = _ffi.string(_lib.pstore_build_info()).decode()
+    return dict(item.split("=", 1) for item in text.split(";"))
 
 
 def _need_lib():

@@ -66,6 +66,7 @@ def make_builder(absolute=False):
         include_dirs=[os.path.join(base, "ckernels")],
         depends=[os.path.join(base, "ckernels", "pstore.h")],
         extra_compile_args=_cflags(),
+        define_macros=[("PSTORE_CFLAGS", '"' + " ".join(_cflags()).replace('"', "'") + '"')],
         extra_link_args=["-pthread"],
     )
     return b

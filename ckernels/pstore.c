@@ -147,6 +147,23 @@ struct pstore {
     _Atomic int32_t closed, drained, freeing, freed, keep_memory;
 };
 
+#ifndef PSTORE_CFLAGS
+#define PSTORE_CFLAGS "unknown"
+#endif
+#if defined(__AVX512F__)
+#define PSTORE_VECTOR "avx512f"
+#elif defined(__AVX2__)
+#define PSTORE_VECTOR "avx2"
+#elif defined(__SSE2__)
+#define PSTORE_VECTOR "sse2"
+#else
+#define PSTORE_VECTOR "none"
+#endif
+
+const char *pstore_build_info(void) {
+    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR;
+}
+
 const char *pstore_strerror(int code) {
     switch (code) {
     case PSTORE_OK: return "ok";

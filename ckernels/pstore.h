@@ -156,6 +156,9 @@ void pstore_ref_memcpy_axpy(float *y, const float *x, const float *u, float s, i
 
 const char *pstore_strerror(int code);
 
+/* How this library was built: "compiler=...;cflags=...;vector=..." (static string). */
+const char *pstore_build_info(void);
+
 #ifdef __cplusplus
 }
 #endif
