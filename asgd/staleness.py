@@ -21,8 +21,13 @@ observed tau values, or from a histogram ``hist[tau] = count``).
 Everything is host-side numpy/scipy, computed in log space, so that e.g.
 ``Poisson(3.).pmf(10**6)`` is 0.0 rather than NaN or an overflow.
 
+Every model also has ``tilt(theta)``: itself reweighted by e^(-theta tau),
+which stays in the family (MindTheStep's tilted target).
+
 Goodness of fit against a measured histogram: ``total_variation``,
-``kl_divergence`` and ``best_fit``.
+``kl_divergence``, and ``best_fit``, which fits every family by maximum
+likelihood and ranks them by AIC (or BIC) on that same likelihood;
+``fit_best`` is its model alone (MindTheStep's online fit).
 
 Example:
   >>> import numpy as np
@@ -42,7 +47,7 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 # Step-size tables and their online histograms distinguish tau = 0..MAX_STALENESS,
 # the last entry standing for every tau >= MAX_STALENESS.
@@ -51,6 +56,8 @@ MAX_STALENESS = 1024
 _CMP_MAX_SUPPORT = 5_000_000
 # Terms more than this many nats below the largest are dropped from Z.
 _CMP_LOG_TOL = 45.0
+# Newton steps of the CMP maximum-likelihood fit (it converges in ~5-20).
+_CMP_FIT_STEPS = 100
 # Parameters fitted to degenerate data (e.g. every tau == 0) are kept this far
 # inside the open parameter range instead of failing.
 _EPS = 1e-12
@@ -186,6 +193,10 @@ class Geometric(_Model):
     def sample(self, rng, n: int) -> np.ndarray:
         return generator(rng).geometric(self.p, size=n).astype(np.int64) - 1
 
+    def tilt(self, theta: float) -> "Geometric":
+        """The model reweighted by e^(-theta tau): Geometric(1 - (1-p) e^-theta)."""
+        return type(self)(-math.expm1(math.log1p(-self.p) - theta))
+
     @classmethod
     def fit_hist(cls, hist) -> "Geometric":
         """MLE p = 1 / (1 + mean), kept inside (0, 1)."""
@@ -237,6 +248,10 @@ class Poisson(_Model):
     def sample(self, rng, n: int) -> np.ndarray:
         return generator(rng).poisson(self.lam, size=n).astype(np.int64)
 
+    def tilt(self, theta: float) -> "Poisson":
+        """The model reweighted by e^(-theta tau): Poisson(lam e^-theta)."""
+        return type(self)(self.lam * math.exp(-theta))
+
     @classmethod
     def fit_hist(cls, hist) -> "Poisson":
         """MLE lam = mean (at least 1e-12, so all-zero data still fits)."""
@@ -249,9 +264,11 @@ def cmp_log_normalizer(lam: float, nu: float) -> tuple[float, int]:
 
     The terms t(tau) = tau log(lam) - nu log(tau!) are log-concave with their
     peak near lam^(1/nu). The sum runs over tau = 0..K, where K is doubled
-    until the term ratio t(K+1)/t(K) = lam/(K+1)^nu is <= 1/2 and t(K) is
-    45 nats below the peak, so the dropped tail is < 2 e^-45 relative; it is
-    then a log-sum-exp, which cannot overflow.
+    until the term ratio r = t(K+1)/t(K) = lam/(K+1)^nu is < 1 and the
+    dropped tail, at most t(K) r / (1 - r) since the ratios only shrink, is
+    45 nats below the peak (< e^-45 relative); it is then a log-sum-exp,
+    which cannot overflow. (Near-geometric shapes, nu -> 0 with lam < 1,
+    thus need a few hundred terms, not millions.)
 
     Returns:
       (log Z, K).
@@ -274,7 +291,8 @@ def cmp_log_normalizer(lam: float, nu: float) -> tuple[float, int]:
     while True:
         log_t_k = k * log_lam - nu * special.gammaln(k + 1)
         log_ratio = log_lam - nu * math.log(k + 1)
-        if log_ratio <= -math.log(2) and log_t_k <= peak - _CMP_LOG_TOL:
+        if log_ratio < 0 and (log_t_k + log_ratio - math.log(-math.expm1(log_ratio))
+                              <= peak - _CMP_LOG_TOL):
             break
         k *= 2
         if k > _CMP_MAX_SUPPORT:
@@ -355,38 +373,71 @@ class ConwayMaxwellPoisson(_Model):
         _, k, pmf = self._support
         return generator(rng).choice(k + 1, size=n, p=pmf / pmf.sum()).astype(np.int64)
 
+    def tilt(self, theta: float) -> "ConwayMaxwellPoisson":
+        """The model reweighted by e^(-theta tau): CMP(lam e^-theta, nu)."""
+        return type(self)(self.lam * math.exp(-theta), self.nu)
+
+    def _moments(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(log Z, E[s], Cov[s]) of the sufficient statistics s = (tau, log tau!)."""
+        log_z, k, pmf = self._support
+        t = np.arange(k + 1, dtype=np.float64)
+        stats = np.stack([t, special.gammaln(t + 1)])
+        mean = stats @ pmf
+        centred = stats - mean[:, None]
+        return log_z, mean, (centred * pmf) @ centred.T
+
     @classmethod
     def fit_hist(cls, hist) -> "ConwayMaxwellPoisson":
-        """Maximum likelihood by L-BFGS-B over (log lam, nu), from the Poisson fit.
+        """Maximum likelihood by damped Newton steps on (log lam, nu), from the Poisson fit.
 
-        CMP is an exponential family in (log lam, -nu) with sufficient statistics
-        (tau, log tau!), so the negative log-likelihood is convex there and its
-        gradient is N (E[tau] - mean tau, mean log tau! - E[log tau!]).
-        nu is kept in [0.01, 50].
+        CMP is an exponential family with natural parameters (log lam, -nu) and
+        sufficient statistics s = (tau, log tau!): the mean negative
+        log-likelihood log Z - (log lam, -nu) . mean(s) is convex in them, its
+        gradient is E[s] - mean(s) and its Hessian Cov[s] (with the sign of
+        the nu row and column flipped in (log lam, nu)). Each Newton step is
+        halved until it is valid (Z computable, nu in [0.01, 50], lam in
+        [1e-8, e^50]) and decreases the likelihood enough (Armijo), so it
+        converges from the Poisson start on long-tailed (nu < 1) and
+        under-dispersed (nu > 1) histograms alike; a quasi-Newton method
+        with a fixed first step leaves the valid region there and gives up.
         """
         hist = _check_hist(hist)
         n = hist.sum()
         tau = np.arange(hist.size, dtype=np.float64)
-        s_tau = np.dot(hist, tau) / n
-        s_lf = np.dot(hist, special.gammaln(tau + 1)) / n
+        s = np.array([np.dot(hist, tau), np.dot(hist, special.gammaln(tau + 1))]) / n
+        low, high = np.array([math.log(1e-8), 1e-2]), np.array([50.0, 50.0])
+        flip = np.array([1.0, -1.0])  # d/dnu = -d/d(natural parameter)
 
-        def nll(x):
-            log_lam, nu = x
+        def objective(x):
+            """(mean NLL, gradient, Hessian) at x = (log lam, nu); None where invalid."""
+            if np.any(x < low) or np.any(x > high):
+                return None
             try:
-                m = cls(math.exp(log_lam), nu)
+                log_z, mean, cov = cls(math.exp(x[0]), float(x[1]))._moments()
             except ValueError:
-                return np.inf, np.zeros(2)
-            log_z, k, pmf = m._support
-            t = np.arange(k + 1, dtype=np.float64)
-            e_tau = np.dot(pmf, t)
-            e_lf = np.dot(pmf, special.gammaln(t + 1))
-            value = -(s_tau * log_lam - nu * s_lf - log_z)
-            return value, np.array([e_tau - s_tau, s_lf - e_lf])
+                return None
+            value = log_z - x[0] * s[0] + x[1] * s[1]
+            return value, flip * (mean - s), cov * np.outer(flip, flip)
 
-        x0 = np.array([math.log(max(s_tau, 1e-6)), 1.0])
-        res = optimize.minimize(nll, x0, jac=True, method="L-BFGS-B",
-                                bounds=[(math.log(1e-8), 50.0), (1e-2, 50.0)])
-        x = res.x if np.isfinite(res.fun) and res.fun <= nll(x0)[0] else x0
+        x = np.array([math.log(max(s[0], 1e-6)), 1.0])
+        current = objective(x)
+        for _ in range(_CMP_FIT_STEPS):
+            value, grad, hess = current
+            try:
+                step = -np.linalg.solve(hess + 1e-12 * np.eye(2), grad)
+            except np.linalg.LinAlgError:
+                step = -grad
+            if not np.all(np.isfinite(step)) or -grad @ step <= 1e-14:
+                break  # the Newton decrement is ~0: converged (or degenerate data)
+            t = 1.0
+            for _ in range(60):
+                trial = objective(x + t * step)
+                if trial is not None and trial[0] <= value + 1e-4 * t * (grad @ step):
+                    break
+                t *= 0.5
+            else:
+                break  # no valid decrease along the step: at the boundary
+            x, current = x + t * step, trial
         return cls(math.exp(x[0]), float(x[1]))
 
 
@@ -457,6 +508,12 @@ class Empirical(_Model):
     def sample(self, rng, n: int) -> np.ndarray:
         return generator(rng).choice(self.hist.size, size=n, p=self._pmf).astype(np.int64)
 
+    def tilt(self, theta: float) -> "Empirical":
+        """The model reweighted by e^(-theta tau) (smoothing included, then 0)."""
+        with np.errstate(divide="ignore"):
+            weights = np.log(self.hist + self.smoothing) - theta * np.arange(self.hist.size)
+        return type(self)(np.exp(weights - weights.max()), smoothing=0.0)
+
     @classmethod
     def fit(cls, samples, smoothing: float = 0.5) -> "Empirical":
         return cls(_samples_to_hist(samples), smoothing)
@@ -469,6 +526,9 @@ class Empirical(_Model):
 
 MODELS = {"geometric": Geometric, "poisson": Poisson, "cmp": ConwayMaxwellPoisson,
           "empirical": Empirical}
+# The parametric families that best_fit compares, and its ranking criteria.
+FAMILIES = ("geometric", "poisson", "cmp")
+CRITERIA = ("aic", "bic", "kl", "tv")
 
 
 # ---------------------------------------------------------- goodness of fit ----
@@ -512,24 +572,30 @@ def kl_divergence(model_or_pmf, hist) -> float:
         return float(np.sum(e[seen] * (np.log(e[seen]) - np.log(p[seen]))))
 
 
-def best_fit(hist, families=("geometric", "poisson", "cmp"), criterion: str = "aic"):
-    """Fits each family to ``hist`` and picks the best.
+def best_fit(hist, families=FAMILIES, criterion: str = "aic"):
+    """Fits each family to ``hist`` by maximum likelihood and ranks them.
+
+    The ranking uses one likelihood for every family, sum_tau hist[tau] log P(tau),
+    penalised for the parameters it fitted: AIC = 2 k - 2 log L (default) or
+    BIC = k log N - 2 log L (N = sum(hist)), so CMP's second parameter must
+    earn its keep. "kl" and "tv" rank by a distance alone (no penalty).
+    A histogram whose last bin is censored (tau >= K) is treated as tau = K.
 
     Args:
       hist: measured counts indexed by tau.
       families: names from ``MODELS``; Empirical is left out by default since
         it fits its own histogram trivially.
-      criterion: "aic" (2 k - 2 log L, penalising CMP's extra parameter; default),
-        "kl" or "tv".
+      criterion: "aic", "bic", "kl" or "tv".
 
     Returns:
-      (name, model, scores) where scores[name] = {"tv", "kl", "nll", "aic",
+      (name, model, scores) where scores[name] = {"nll", "aic", "bic", "tv", "kl",
       "params"} for every family that could be fitted.
     """
     hist = _check_hist(hist)
-    if criterion not in ("aic", "kl", "tv"):
-        raise ValueError(f"criterion must be one of aic, kl, tv; got {criterion!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
     fitted, scores = {}, {}
+    n = float(hist.sum())
     for name in families:
         if name not in MODELS:
             raise ValueError(f"unknown staleness model {name!r}; valid: {sorted(MODELS)}")
@@ -541,9 +607,16 @@ def best_fit(hist, families=("geometric", "poisson", "cmp"), criterion: str = "a
         params = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
                   if f.name != "hist"}
         fitted[name] = model
-        scores[name] = {"tv": total_variation(model, hist), "kl": kl_divergence(model, hist),
-                        "nll": nll, "aic": 2 * model.num_params + 2 * nll, "params": params}
+        scores[name] = {"nll": nll, "aic": 2 * model.num_params + 2 * nll,
+                        "bic": model.num_params * math.log(n) + 2 * nll,
+                        "tv": total_variation(model, hist), "kl": kl_divergence(model, hist),
+                        "params": params}
     if not scores:
         raise ValueError("no staleness model could be fitted to hist")
     best = min(scores, key=lambda k: scores[k][criterion])
     return best, fitted[best], scores
+
+
+def fit_best(hist):
+    """The best of ``FAMILIES`` for ``hist`` by AIC: MindTheStep's online fit."""
+    return best_fit(hist)[1]
