@@ -1,11 +1,24 @@
 """MindTheStep-AsyncSGD's step-size table: alpha(tau) from a staleness model P and a target Q.
 
-Host-side numpy only (no JAX, no config): ``table`` computes the capped and
-renormalised alpha Q(tau)/P(tau) for tau = 0..K, ``uniform`` and
-``geometric`` build the target profiles, and ``uniform_horizon`` is the one
-rule that derives a uniform target's T from a model. ``asgd.stepsize``
-wraps the table in an optax transform; ``asgd.rules`` picks P and Q from a
-run's step-size spec.
+Host-side numpy only (no JAX, no config). With P the staleness model and Q
+the target profile (the weights the expected update should give to the
+gradients of each staleness), the rule is alpha(tau) = alpha Q(tau)/P(tau),
+made safe in three documented ways (docs/mindthestep.md derives each):
+
+  * pooled tails: where P is rare (below its ``TAIL_MASS`` quantile, above
+    its 1 - ``TAIL_MASS`` quantile) the ratio of masses Q(pool)/P(pool) is
+    used instead of the pointwise ratio, so no step rests on a tiny P(tau)
+    and no tau, however far out, gets step 0;
+  * the cap: alpha(tau) <= cap * alpha;
+  * the normalisation: sum_tau P(tau) alpha(tau) = alpha exactly (water
+    filling puts back the step mass the cap removes).
+
+``table`` computes it for tau = 0..K. Targets: ``uniform(T)``,
+``geometric(mu)``, any staleness model or pmf array, or a function of P
+(``uniform_quantile()``, ``tilted(theta)``), resolved against the model the
+table is built from, so an online refit re-derives it. ``TARGETS`` names the
+three variants a run chooses from; ``asgd.stepsize`` wraps the table in an
+optax transform and ``asgd.rules`` picks P and Q from a run's spec.
 """
 
 from __future__ import annotations
@@ -18,6 +31,16 @@ from asgd import staleness as st
 
 MAX_STALENESS = st.MAX_STALENESS
 HORIZON_QUANTILE = 0.99
+# P's mass below and above the bulk in which the pointwise ratio Q/P is used.
+TAIL_MASS = 0.01
+# alpha(tau) <= CAP * alpha: with alpha at or below 1/L (the stiffest
+# curvature), one step of 2 alpha on a fresh gradient cannot expand the error.
+CAP = 2.0
+# Ratios below this fraction of the largest are raised to it: float32 would
+# round such steps to 0, and the store counts every update as applied.
+RATIO_FLOOR = 1e-30
+# The variants: the target profile Q a run's spec names (docs/mindthestep.md).
+TARGETS = ("uniform", "geometric", "tilted")
 
 
 def check_alpha(alpha) -> float:
@@ -35,8 +58,17 @@ def check_int(name: str, value, low: int) -> int:
     return int(value)
 
 
+def check_cap(cap) -> float:
+    """A cap: a finite number >= 1 (the cap * alpha must allow the constant alpha)."""
+    cap = float(cap)
+    if not (math.isfinite(cap) and cap >= 1.0):
+        raise ValueError(f"mindthestep cap must be a finite number >= 1, got {cap!r}")
+    return cap
+
+
 def uniform(T: int) -> st.Empirical:
-    """Target profile Q(tau) = 1/(T+1) for tau <= T, 0 beyond."""
+    """Target profile Q(tau) = 1/(T+1) for tau <= T, 0 beyond: equal weight on
+    the gradients of the last T+1 iterates."""
     T = check_int("uniform target T", T, 0)
     return st.Empirical(np.ones(T + 1), smoothing=0.0)
 
@@ -50,6 +82,38 @@ def geometric(mu: float) -> st.Geometric:
     return st.Geometric(1.0 - mu)
 
 
+class Derived:
+    """A target that is a function of the model P (re-derived at every refit)."""
+
+    def __init__(self, name: str, make):
+        self.name, self.make = name, make
+
+    def __call__(self, model):
+        return self.make(model)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def uniform_quantile(quantile: float = HORIZON_QUANTILE) -> Derived:
+    """The uniform target whose T is P's ``quantile``-quantile (``uniform_horizon``)."""
+    return Derived(f"uniform_quantile({quantile})",
+                   lambda model: uniform(uniform_horizon(model, quantile)))
+
+
+def tilted(theta: float) -> Derived:
+    """Target Q(tau) proportional to P(tau) e^(-theta tau): P tilted towards fresh gradients.
+
+    Among all Q with the same mean, the one closest to P in KL(Q || P), so it
+    lowers the expected update's staleness (its implicit momentum) for the
+    least change of the steps; then alpha(tau) is proportional to e^(-theta tau).
+    """
+    theta = float(theta)
+    if not (math.isfinite(theta) and theta >= 0):
+        raise ValueError(f"tilted target theta must be finite and >= 0, got {theta!r}")
+    return Derived(f"tilted({theta:.4g})", lambda model: model.tilt(theta))
+
+
 def uniform_horizon(model, quantile: float = HORIZON_QUANTILE,
                     max_staleness: int = MAX_STALENESS) -> int:
     """The uniform target's T derived from P: P's ``quantile``-quantile, capped at K."""
@@ -57,8 +121,13 @@ def uniform_horizon(model, quantile: float = HORIZON_QUANTILE,
     return int(np.argmax(cdf >= quantile)) if cdf[-1] >= quantile else max_staleness
 
 
-def as_target(target):
-    """A staleness model, or a pmf array indexed by tau wrapped as one."""
+def as_target(target, model=None):
+    """Q as a staleness model: a model, a pmf array indexed by tau, or a
+    function of P (``Derived``) resolved against ``model``."""
+    if isinstance(target, Derived):
+        if model is None:
+            raise ValueError(f"target {target!r} is derived from the model; give the model")
+        return target(model)
     if hasattr(target, "logpmf"):
         return target
     q = np.asarray(target, dtype=np.float64)
@@ -68,80 +137,135 @@ def as_target(target):
     return st.Empirical(q, smoothing=0.0)
 
 
-def table(alpha: float, model, target, cap: float = 10.0,
-          max_staleness: int = MAX_STALENESS) -> np.ndarray:
+def bulk(model, tail_mass: float = TAIL_MASS, max_staleness: int = MAX_STALENESS
+         ) -> tuple[int, int]:
+    """(lo, hi): P(T < lo) < tail_mass <= P(T <= lo) and the same for 1 - tail_mass at hi.
+
+    tau < lo and tau > hi are P's rare tails; each is pooled into one bin
+    with its edge ([0, lo] and [hi, inf)), so every bin holds at least
+    ``tail_mass`` of P. hi is at most K.
+    """
+    cdf = model.cdf(np.arange(max_staleness + 1))
+    lo = int(np.argmax(cdf >= tail_mass)) if cdf[-1] >= tail_mass else max_staleness
+    hi = int(np.argmax(cdf >= 1.0 - tail_mass)) if cdf[-1] >= 1.0 - tail_mass else max_staleness
+    return lo, max(lo, hi)
+
+
+def masses(model, lo: int, hi: int, max_staleness: int = MAX_STALENESS) -> np.ndarray:
+    """log P of the bins [0, lo], lo+1, ..., hi-1, [hi, inf), in log space."""
+    inner = model.logpmf(np.arange(lo + 1, hi)) if hi > lo + 1 else np.zeros(0)
+    with np.errstate(divide="ignore"):
+        head = float(np.log(model.cdf(lo)))
+    tail = float(model.logsf(hi - 1)) if hi > lo else None
+    return np.concatenate([[head], inner] + ([[tail]] if tail is not None else []))
+
+
+def ratios(model, target, lo: int, hi: int, max_staleness: int = MAX_STALENESS) -> np.ndarray:
+    """Q(bin)/P(bin) for the bins of ``masses``, scaled so that the largest is 1,
+    and at least RATIO_FLOOR.
+
+    Raises ValueError if Q gives a bin no mass (a gap in its support inside
+    P's bulk): the step there would be 0.
+    """
+    log_p = masses(model, lo, hi, max_staleness)
+    log_q = masses(target, lo, hi, max_staleness)
+    with np.errstate(invalid="ignore"):
+        log_r = log_q - log_p
+    if not np.all(np.isfinite(log_r)):
+        raise ValueError(f"the target gives no mass to some staleness in P's bulk [{lo}, {hi}]: "
+                         "its step would be 0; use a target without gaps in its support")
+    return np.maximum(np.exp(log_r - log_r.max()), RATIO_FLOOR)
+
+
+def table(alpha: float, model, target, cap: float = CAP,
+          max_staleness: int = MAX_STALENESS, tail_mass: float = TAIL_MASS) -> np.ndarray:
     """MindTheStep-AsyncSGD step sizes alpha(tau) for tau = 0..K.
 
-    With P the staleness model and Q the target profile,
+    With P the staleness model and Q the target profile, on bins that each
+    hold at least ``tail_mass`` of P (single tau in P's bulk [lo, hi], the
+    pooled tails [0, lo] and [hi, inf) beyond; see ``bulk``; a target that
+    ends before hi, e.g. a short uniform, starts the upper pool at its end):
 
-        alpha(tau) = alpha * min(k Q(tau)/P(tau), cap),
+        alpha(bin) = alpha * min(k Q(bin)/P(bin), cap),
 
-    where k >= 1 is chosen (water-filling) so that sum_tau P(tau) alpha(tau) = alpha:
+    where k is chosen (water filling) so that sum_tau P(tau) alpha(tau) = alpha:
     clipping at cap * alpha removes step mass, k puts it back on the unclipped
-    tau. k = 1 when nothing is clipped, i.e. the plain alpha Q/P. The ratio is
-    taken in log space, so tau where P underflows give the cap, never inf/NaN.
-    Beyond the supports:
-      * Q(tau) = 0 (beyond the target, e.g. tau > T for uniform(T)): alpha(tau) = 0;
-      * P(tau) = 0 < Q(tau) (beyond the model, or underflow): alpha(tau) = cap * alpha.
-    The last entry, tau = K, stands for all tau >= K: it uses the tail masses
-    P(T >= K) and Q(T >= K), so the identity holds for ``table[min(tau, K)]``.
+    bins. Without clipping the expected update is then -alpha sum_tau Q(tau)
+    grad f(x_{t-tau}) on the bulk (docs/mindthestep.md). Every entry is
+    positive and finite (ratios below RATIO_FLOOR times the largest are
+    raised to it); the last, tau = K, stands for all tau >= K.
 
     Args:
       alpha: expected step size, > 0.
       model: staleness model P (``asgd.staleness``).
       target: profile Q: ``uniform(T)``, ``geometric(mu)``, any staleness model,
-        or a pmf array indexed by tau.
+        a pmf array indexed by tau, or a function of P (``uniform_quantile()``,
+        ``tilted(theta)``).
       cap: finite c >= 1; alpha(tau) <= c alpha.
       max_staleness: K >= 1.
+      tail_mass: P's mass in each pooled tail, in (0, 0.5).
 
     Returns:
       float64 array [K+1] of alpha(tau).
 
     Raises:
-      ValueError: bad arguments, or a cap too small for P to reach alpha on
-        Q's support (c P(Q > 0) < 1).
+      ValueError: bad arguments, or a target with no mass on some bin.
 
-    Example (Poisson(lam) and uniform(T): alpha e^lam tau! / ((T+1) lam^tau)):
-      >>> table(0.1, st.Poisson(1.0), uniform(1), max_staleness=3)
-      array([0.13591409, 0.13591409, 0.        , 0.        ])
+    Example (Poisson(1) and uniform(3), cap 10: P's bulk is [0, 3]; the
+    steps are alpha Q/P = alpha e / (4 tau!) up to tau = 2, then the pooled
+    tau >= 3 gets alpha Q(3)/P(T >= 3)):
+      >>> table(0.1, st.Poisson(1.0), uniform(3), cap=10.0, max_staleness=4)
+      array([0.06795705, 0.06795705, 0.13591409, 0.31376455, 0.31376455])
     """
     alpha = check_alpha(alpha)
-    cap = float(cap)
-    if not (math.isfinite(cap) and cap >= 1.0):
-        raise ValueError(f"mindthestep cap must be a finite number >= 1, got {cap!r}")
+    cap = check_cap(cap)
     k_max = check_int("max_staleness", max_staleness, 1)
-    target = as_target(target)
-    tau = np.arange(k_max)
-    log_p = np.append(model.logpmf(tau), model.logsf(k_max - 1))
-    log_q = np.append(target.logpmf(tau), target.logsf(k_max - 1))
-    with np.errstate(invalid="ignore", over="ignore"):  # inf ratios are clipped
-        ratio = np.where(np.isneginf(log_q), 0.0,
-                         np.where(np.isneginf(log_p), np.inf, np.exp(log_q - log_p)))
-        k = water_level(np.exp(log_p), np.exp(log_q), ratio, cap)
-        return alpha * np.minimum(k * ratio, cap)
+    if not 0.0 < tail_mass < 0.5:
+        raise ValueError(f"tail_mass must be in (0, 0.5), got {tail_mass!r}")
+    target = as_target(target, model)
+    lo, hi = bulk(model, tail_mass, k_max)
+    q_positive = np.flatnonzero(target.pmf(np.arange(hi + 1)) > 0)
+    if q_positive.size:  # a target that ends inside P's bulk: the upper pool starts there
+        hi = max(lo, min(hi, int(q_positive[-1])))
+    r = ratios(model, target, lo, hi, k_max)
+    p = np.exp(masses(model, lo, hi, k_max))
+    k = water_level(p / p.sum(), r, cap)
+    steps = alpha * np.minimum(k * r, cap)          # per bin
+    bins = np.clip(np.arange(k_max + 1), lo, hi) - lo  # tau -> bin
+    return steps[bins]
 
 
-def water_level(p: np.ndarray, q: np.ndarray, ratio: np.ndarray, cap: float) -> float:
-    """The k >= 1 with sum_tau p min(k ratio, cap) = 1 (water-filling).
+def water_level(p: np.ndarray, r: np.ndarray, cap: float) -> float:
+    """The k > 0 with sum_b p_b min(k r_b, cap) = 1 (water filling), for r > 0 and cap >= 1.
 
-    With S the clipped set {k ratio >= cap}, the sum is cap P(S) + k Q(not S),
-    so k = (1 - cap P(S)) / Q(not S); iterate from k = 1, S only grows.
+    With S the clipped set {k r >= cap}, the sum is cap P(S) + k sum_{not S} p r,
+    so k = (1 - cap P(S)) / sum_{not S} p r; starting from the unclipped k,
+    S only grows, so this converges in at most len(r) + 1 rounds.
     """
-    k = 1.0
-    for _ in range(ratio.size + 2):
-        clipped = k * ratio >= cap
-        need = 1.0 - cap * p[clipped].sum()
-        free = q[~clipped & (ratio > 0)].sum()
-        if free <= 0.0:
-            if need > 1e-9:
-                on_q = p[ratio > 0].sum()
-                raise ValueError(
-                    f"mindthestep cap {cap} is too small: the model puts only {on_q:.4g} "
-                    f"probability on the target's support, so the cap must be >= "
-                    f"{1.0 / max(on_q, 1e-300):.4g}")
-            return k
-        k_new = max(need / free, k)
-        if k_new <= k * (1.0 + 1e-13) and np.array_equal(clipped, k_new * ratio >= cap):
+    k = 1.0 / float(np.dot(p, r))
+    for _ in range(r.size + 2):
+        clipped = k * r >= cap
+        free = float(np.dot(p[~clipped], r[~clipped]))
+        if free <= 0.0:  # everything clipped: cap * sum(p) = cap >= 1; the sum is 1 at cap 1
+            return cap / float(r.min())
+        k_new = (1.0 - cap * float(p[clipped].sum())) / free
+        if np.array_equal(clipped, k_new * r >= cap):
             return k_new
-        k = k_new
+        k = max(k_new, k)
     return k
+
+
+def expected_step(alpha_table: np.ndarray, model) -> float:
+    """sum_tau P(tau) alpha(tau), the last entry standing for tau >= K."""
+    alpha_table = np.asarray(alpha_table, np.float64)
+    k_max = alpha_table.size - 1
+    p = np.append(model.pmf(np.arange(k_max)), model.sf(k_max - 1))
+    return float(np.dot(p, alpha_table))
+
+
+def cap_share(alpha_table: np.ndarray, model, cap_step: float) -> float:
+    """P's mass on the tau whose step is at the cap (within float32 rounding)."""
+    alpha_table = np.asarray(alpha_table, np.float64)
+    k_max = alpha_table.size - 1
+    p = np.append(model.pmf(np.arange(k_max)), model.sf(k_max - 1))
+    return float(p[alpha_table >= cap_step * (1 - 1e-6)].sum())

@@ -18,6 +18,9 @@ from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, RaySpec, RunSpec, Spe
                         StopSpec)
 
 FLOAT32_MAX = 3.4028234663852886e38
+# Algorithms whose updates all have staleness 0 (sync applies one update per
+# round, computed on the round's version).
+STALENESS_FREE = ("sequential", "sync")
 
 
 class ConfigError(ValueError):
@@ -122,12 +125,17 @@ def parse(cfg) -> Specs:
 
 
 def stepsize_spec(cfg) -> StepSizeSpec:
-    """The step-size fields of a train config, typed and checked (``asgd.rules.check``)."""
+    """The step-size fields of a train config, typed and checked (``asgd.rules.check``).
+
+    Sequential and sync runs, and runs with one worker, never see staleness
+    (tau is always 0): their spec says so, and every rule is then alpha.
+    """
+    staleness_free = cfg.algorithm in STALENESS_FREE or int(cfg.threads) == 1
     spec = StepSizeSpec(
         cfg.stepsize, float(cfg.learning_rate), int(cfg.threads), cfg.stepsize_model,
         float(cfg.stepsize_model_param), cfg.stepsize_target, float(cfg.stepsize_target_param),
         float(cfg.stepsize_cap), float(cfg.tail_amplitude), int(cfg.stepsize_window),
-        float(cfg.dc_lambda))
+        float(cfg.dc_lambda), staleness_free)
     try:
         rules.check(spec)
     except ValueError as e:

@@ -48,6 +48,7 @@ class StepSizeSpec:
     tail_amplitude: float    # TAIL-tau's A
     window: int              # warm-up updates (TAIL-tau's CDF, MindTheStep's online fit)
     dc_lambda: float         # DC-ASGD's lambda
+    staleness_free: bool = False  # tau is always 0 (sequential, sync, one worker): constant alpha
 
 
 class StopSpec(NamedTuple):

@@ -28,7 +28,7 @@ Transforms:
   inverse(alpha)              alpha / (tau + 1)
   fleet(alpha, m)             alpha exp(-beta tau), beta = 2/(m+1) ln(1 + (m+1)/2)
   tail_tau(alpha, amplitude)  alpha (1 + A (1 - 2 F(tau))), F the online empirical CDF
-  mindthestep(alpha, P, Q)    alpha Q(tau)/P(tau), capped and renormalised
+  mindthestep(alpha, P, Q)    alpha Q(tau)/P(tau), tails pooled, capped, E_P = alpha
   dc_asgd(lam)                g + lam g*g*(theta_now - theta_read) (not a step size)
 
 This module owns the transforms only: no config and no host code.
@@ -50,11 +50,11 @@ import numpy as np
 import optax
 
 from asgd import staleness as st
-from asgd.mindthestep import (MAX_STALENESS, as_target, check_alpha, check_int, geometric,
-                              table as mindthestep_table, uniform)
+from asgd.mindthestep import (CAP, MAX_STALENESS, check_alpha, check_int, geometric,
+                              table as mindthestep_table, tilted, uniform)
 
 __all__ = ["scale_by_staleness", "constant", "inverse", "fleet", "fleet_beta", "tail_tau",
-           "mindthestep", "mindthestep_table", "uniform", "geometric", "dc_asgd",
+           "mindthestep", "mindthestep_table", "uniform", "geometric", "tilted", "dc_asgd",
            "delay_compensation", "schedule", "MAX_STALENESS"]
 
 
@@ -136,6 +136,10 @@ def inverse(alpha: float) -> optax.GradientTransformationExtraArgs:
     return scale_by_staleness(lambda tau: alpha / (tau.astype(jnp.float32) + 1.0))
 
 
+# FLeet's factor e^(-beta tau) never goes below e^-69 ~ 1e-30 (see fleet).
+FLEET_MIN_LOG_SCALE = 69.0
+
+
 def fleet_beta(m: int) -> float:
     """FLeet's decay rate beta = 2/(m+1) ln(1 + (m+1)/2) for m workers."""
     return 2.0 / (m + 1) * math.log1p((m + 1) / 2.0)
@@ -146,6 +150,10 @@ def fleet(alpha: float, m: int) -> optax.GradientTransformationExtraArgs:
 
     beta = 2/(m+1) ln(1 + (m+1)/2) (Damaskinos et al., Middleware'20), so the
     damping is gentler with more workers m, whose staleness is larger anyway.
+    The exponent stops at -FLEET_MIN_LOG_SCALE (a factor 1e-30), where float32
+    would otherwise round the step to 0 (e.g. m = 2 from tau ~ 150): the
+    store counts every update as applied, so none may have step 0; updates
+    that stale are, by FLeet's design, all but dropped either way.
 
     Args:
       alpha: step size at tau = 0, > 0.
@@ -157,7 +165,8 @@ def fleet(alpha: float, m: int) -> optax.GradientTransformationExtraArgs:
     """
     alpha = check_alpha(alpha)
     beta = fleet_beta(check_int("fleet m", m, 1))
-    return scale_by_staleness(lambda tau: alpha * jnp.exp(-beta * tau.astype(jnp.float32)))
+    return scale_by_staleness(lambda tau: alpha * jnp.exp(
+        -jnp.minimum(beta * tau.astype(jnp.float32), FLEET_MIN_LOG_SCALE)))
 
 
 # ------------------------------------------------------------------ TAIL-tau ----
@@ -184,7 +193,8 @@ def tail_tau(alpha: float, amplitude: float = 0.5, window: int = 1000,
 
     Args:
       alpha: base step size, > 0.
-      amplitude: A in [0, 1], so that steps stay in [(1-A) alpha, (1+A) alpha].
+      amplitude: A in [0, 1), so that steps stay in [(1-A) alpha, (1+A) alpha]
+        and none is 0 (the store counts every update as applied).
       window: number of updates to estimate F from, >= 1.
       max_staleness: histogram size - 1; larger tau share the last bin.
 
@@ -197,8 +207,8 @@ def tail_tau(alpha: float, amplitude: float = 0.5, window: int = 1000,
     """
     alpha = check_alpha(alpha)
     amplitude = float(amplitude)
-    if not (0.0 <= amplitude <= 1.0):
-        raise ValueError(f"tail_tau amplitude must be in [0, 1], got {amplitude!r}")
+    if not (0.0 <= amplitude < 1.0):
+        raise ValueError(f"tail_tau amplitude must be in [0, 1), got {amplitude!r}")
     window = check_int("tail_tau window", window, 1)
     k = check_int("max_staleness", max_staleness, 1)
 
@@ -222,67 +232,81 @@ def tail_tau(alpha: float, amplitude: float = 0.5, window: int = 1000,
 
 # ------------------------------------------------------------- MindTheStep ----
 
+# Each refit halves the histogram it was fitted to, so the online fit weighs
+# the last window 1, the one before 1/2, ...: it follows staleness that changes.
+REFIT_DECAY = 0.5
+
+
 class MindTheStepState(NamedTuple):
-    """table[tau]: alpha(tau) in use; hist, count, window: the online warm-up
-    (as in TailTauState); fitted: whether the table is final (always True
-    without online fitting)."""
+    """table[tau]: alpha(tau) in use. Online fitting (window > 0): hist holds the
+    staleness counted since the last refit plus REFIT_DECAY times the histogram
+    before it; count: updates since the last refit; refits: refits so far;
+    fit_hist: the histogram the table in use was fitted to (zeros: the prior).
+    cap_step: cap * alpha, the largest step the table may hold."""
 
     table: jax.Array
     hist: jax.Array
     count: jax.Array
     window: jax.Array
-    fitted: jax.Array
+    refits: jax.Array
+    fit_hist: jax.Array
+    cap_step: jax.Array
 
 
-def mindthestep(alpha: float, model, target, cap: float = 10.0,
+def mindthestep(alpha: float, model, target, cap: float = CAP,
                 max_staleness: int = MAX_STALENESS, window: int = 0,
                 fit: Callable[[np.ndarray], Any] | None = None
                 ) -> optax.GradientTransformationExtraArgs:
-    """MindTheStep-AsyncSGD: alpha(tau) = alpha Q(tau) / P(tau), capped, renormalised.
+    """MindTheStep-AsyncSGD: alpha(tau) = alpha Q(tau) / P(tau), pooled, capped, normalised.
 
     With staleness model P and target profile Q, a gradient of staleness tau
-    is scaled by alpha Q(tau)/P(tau): in expectation over tau, gradients of
-    each staleness level then contribute according to Q, and the expected
-    step sum_tau P(tau) alpha(tau) is alpha. Steps are clipped at cap * alpha
-    and renormalised so that the expectation stays alpha; see
-    ``mindthestep_table`` for the exact rule, including beyond the supports
-    (0 where Q = 0, the cap where P = 0 < Q).
+    is scaled by alpha Q(tau)/P(tau): in expectation over tau, the gradients
+    of each staleness then enter the update with the weights Q, and the
+    expected step sum_tau P(tau) alpha(tau) is alpha. P's rare tails are
+    pooled, steps are capped at cap * alpha and renormalised so that the
+    expectation stays alpha; see ``mindthestep_table`` (docs/mindthestep.md
+    derives each part).
 
-    Online fitting (window > 0): the first ``window`` updates use ``model``
-    as a prior while their tau are counted (tau >= max_staleness in the last
-    bin, i.e. censored at max_staleness); at the next update the model is
-    refitted by maximum likelihood (``fit(hist)``, by default
-    ``type(model).fit_hist``) and the table recomputed, once, on the host
-    through ``jax.pure_callback``. If that fails (e.g. the cap is too small for
-    the fitted model) the prior table is kept, with a warning.
+    Online fitting (window > 0): the first ``window`` updates use ``model`` as
+    a prior while their tau are counted (tau >= max_staleness in the last
+    bin); then the model is refitted by maximum likelihood (``fit(hist)`` on
+    the histogram up to the largest tau seen, by default ``type(model).fit_hist``), the table recomputed on the host
+    through ``jax.pure_callback``, and again every ``window`` updates on the
+    counts since the last refit plus half the histogram before (REFIT_DECAY).
+    A target that is a function of P (``tilted``, ``uniform_quantile``) is
+    re-derived from each fit. If a refit fails the table in use is kept,
+    with a warning.
 
     Args:
       alpha: expected step size, > 0.
       model: staleness model P from ``asgd.staleness`` (given, or the prior).
-      target: ``uniform(T)``, ``geometric(mu)``, a staleness model or a pmf array.
-      cap: finite c >= 1.
+      target: ``uniform(T)``, ``geometric(mu)``, a staleness model, a pmf array,
+        or a function of P (``mindthestep.tilted(theta)``, ``uniform_quantile()``).
+      cap: finite c >= 1: alpha(tau) <= c alpha (default 2).
       max_staleness: K; the table covers tau = 0..K, K meaning tau >= K.
-      window: warm-up updates for online fitting; 0 = use ``model`` as given.
+      window: updates between online refits (and before the first); 0 = use
+        ``model`` as given.
       fit: host function hist -> model for online fitting.
 
     Example:
-      >>> tx = mindthestep(0.1, st.Poisson(3.0), uniform(6))
-      >>> u, _ = tx.update(jnp.ones(1), tx.init(None), staleness=2)
-      >>> # u = -0.1 e^3 2! / (7 * 3^2), when nothing is clipped
+      >>> tx = mindthestep(0.1, st.Poisson(3.0), uniform(8), cap=10.0)
+      >>> u, _ = tx.update(jnp.ones(1), tx.init(None), staleness=3)
+      >>> # u = -0.1 e^3 3! / (9 * 3^3) (no clipping, tau = 3 in P's bulk [0, 8])
     """
     alpha = check_alpha(alpha)
     k = check_int("max_staleness", max_staleness, 1)
     window = check_int("mindthestep window", window, 0)
-    target = as_target(target)
     table0 = np.asarray(mindthestep_table(alpha, model, target, cap, k), np.float32)
+    cap_step = np.float32(alpha * float(cap))
     fit = type(model).fit_hist if fit is None else fit
 
     def refit(hist, table):
         try:
-            new = mindthestep_table(alpha, fit(np.asarray(hist)), target, cap, k)
+            counts = np.trim_zeros(np.asarray(hist, np.float64), "b")  # the observed range
+            new = mindthestep_table(alpha, fit(counts), target, cap, k)
             return np.asarray(new, np.float32)
         except ValueError as err:
-            warnings.warn(f"mindthestep: online fit failed, keeping the prior table: {err}")
+            warnings.warn(f"mindthestep: online fit failed, keeping the table in use: {err}")
             return np.asarray(table, np.float32)
 
     def refit_in_jax(state):
@@ -292,20 +316,22 @@ def mindthestep(alpha: float, model, target, cap: float = 10.0,
 
     def init(params):
         del params
-        return MindTheStepState(jnp.asarray(table0), jnp.zeros(k + 1, jnp.int32),
-                                jnp.int32(0), jnp.int32(window), jnp.asarray(window == 0))
+        zeros = jnp.zeros(k + 1, jnp.float32)
+        return MindTheStepState(jnp.asarray(table0), zeros, jnp.int32(0), jnp.int32(window),
+                                jnp.int32(0), zeros, jnp.asarray(cap_step))
 
     def update(updates, state, params=None, *, staleness, **extra_args):
         del params, extra_args
         tau = _tau(staleness, k)
         if window == 0:
             return _descend(updates, state.table[tau]), state
-        due = (state.count >= state.window) & ~state.fitted
+        due = state.count >= state.window
         table = jax.lax.cond(due, refit_in_jax, lambda s: s.table, state)
-        learning = (state.count < state.window).astype(jnp.int32)
-        new_state = MindTheStepState(table, state.hist.at[tau].add(learning),
-                                     state.count + learning, state.window,
-                                     state.fitted | due)
+        hist = jnp.where(due, state.hist * REFIT_DECAY, state.hist).at[tau].add(1.0)
+        new_state = MindTheStepState(
+            table, hist, jnp.where(due, 0, state.count) + 1, state.window,
+            state.refits + due.astype(jnp.int32), jnp.where(due, state.hist, state.fit_hist),
+            state.cap_step)
         return _descend(updates, table[tau]), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)

@@ -39,14 +39,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     c.batch_size = 32
     c.learning_rate = 0.05        # alpha: the base step size
-    c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd
-    c.stepsize_model = "poisson"  # mindthestep's staleness model P: poisson | geometric | cmp | empirical
-    c.stepsize_model_param = 0.0  # its parameter (Poisson/CMP lam, geometric p); <= 0 derives it from threads
-    c.stepsize_target = "uniform"  # mindthestep's target profile Q: uniform | geometric
-    c.stepsize_target_param = 0.0  # uniform T or geometric mu; <= 0 derives it (T = P's 99% quantile, mu = 1-1/m)
-    c.stepsize_cap = 10.0         # mindthestep steps are clipped at stepsize_cap * learning_rate
-    c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1]
-    c.stepsize_window = 0         # warm-up updates: TAIL-tau's CDF window (<= 0: 1000); mindthestep online fit (0 = off)
+    c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd (sequential, sync, m = 1: all are alpha)
+    c.stepsize_model = "fitted"   # mindthestep's staleness model P: fitted (best of geometric/poisson/cmp by AIC, refitted online) | poisson | geometric | cmp | empirical
+    c.stepsize_model_param = 0.0  # > 0 fixes P (Poisson/CMP lam, geometric p); <= 0 fits the family online from this run's staleness
+    c.stepsize_target = "tilted"  # mindthestep's target Q (the variant): tilted (P e^-theta tau) | uniform | geometric; see docs/mindthestep.md
+    c.stepsize_target_param = 0.0  # tilted theta, uniform T or geometric mu; <= 0 derives it (FLeet's beta(m), P's 99% quantile, 1-1/m)
+    c.stepsize_cap = 2.0          # mindthestep steps are at most stepsize_cap * learning_rate (>= 1; 2: no fresh step expands the error at alpha <= 1/L)
+    c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1) (A < 1: no step is 0)
+    c.stepsize_window = 0         # TAIL-tau's CDF window (<= 0: 1000); mindthestep's updates between online refits (<= 0: 100)
     c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
     c.seed = 0                    # model init and minibatch order
 

@@ -10,7 +10,7 @@ import pytest
 
 from asgd import staleness as st
 from asgd import stepsize as ss
-from asgd.mindthestep import as_target
+from asgd import mindthestep as mt
 
 K = ss.MAX_STALENESS
 
@@ -81,8 +81,10 @@ def test_dc_asgd_by_hand_and_chained():
 # ----------------------------------------------------------- MindTheStep ----
 
 MODELS = [st.Poisson(7.0), st.Geometric(0.2), st.ConwayMaxwellPoisson(5.0, 0.7),
-          st.Empirical(np.arange(1.0, 13.0), smoothing=0.5)]
-TARGETS = [ss.uniform(10), ss.geometric(0.8), np.array([0.2, 0.3, 0.5])]
+          st.ConwayMaxwellPoisson(1.95, 0.37), st.Empirical(np.arange(1.0, 13.0), smoothing=0.5)]
+TARGETS = [mt.uniform_quantile(), ss.uniform(60), ss.geometric(0.8), ss.tilted(0.4),
+           st.Poisson(2.0)]
+TARGET_IDS = ["uniform_quantile", "uniform", "geometric", "tilted", "model"]
 
 
 def _model_probs(model, k):
@@ -91,85 +93,136 @@ def _model_probs(model, k):
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
-@pytest.mark.parametrize("target", TARGETS, ids=["uniform", "geometric", "pmf"])
-@pytest.mark.parametrize("cap", [10.0, 1000.0])
-def test_mindthestep_expected_step_is_alpha(model, target, cap):
-    q = _model_probs(as_target(target), K)
-    on_support = _model_probs(model, K)[q > 0].sum()
-    if cap * on_support < 1.0:  # infeasible: P cannot reach alpha on Q's support under the cap
-        with pytest.raises(ValueError, match=f"cap {cap} is too small"):
-            ss.mindthestep_table(0.1, model, target, cap=cap)
-        return
+@pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
+@pytest.mark.parametrize("cap", [1.0, 2.0, 10.0])
+def test_mindthestep_expected_step_is_alpha_and_no_step_is_zero(model, target, cap):
     a = ss.mindthestep_table(0.1, model, target, cap=cap)
-    assert np.all(np.isfinite(a)) and a.max() <= cap * 0.1 * (1 + 1e-12) and a.min() >= 0
+    assert np.all(np.isfinite(a)) and a.min() > 0 and a.max() <= cap * 0.1 * (1 + 1e-12)
     assert np.dot(_model_probs(model, K), a) == pytest.approx(0.1, rel=1e-9)
+    assert mt.expected_step(a, model) == pytest.approx(0.1, rel=1e-9)
+    assert np.all(np.asarray(a, np.float32) > 0)  # as the C store holds it, too
+    if cap == 1.0:
+        np.testing.assert_allclose(a, 0.1)  # a cap of 1 leaves the constant step
 
 
-def test_mindthestep_infeasible_cap_raises_clearly():
-    with pytest.raises(ValueError, match="cap 10.0 is too small"):
-        ss.mindthestep_table(0.1, st.Poisson(7.0), [0.2, 0.3, 0.5], cap=10.0)
+def test_a_target_that_ends_early_pools_and_one_with_gaps_is_refused():
+    # Poisson(7)'s bulk is [2, 14]; uniform(10) ends at 10: tau >= 10 share Q(10)/P(T >= 10)
+    a = ss.mindthestep_table(0.1, st.Poisson(7.0), ss.uniform(10), cap=100.0)
+    np.testing.assert_allclose(a[10:], 0.1 / 11 / st.Poisson(7.0).sf(9), rtol=1e-9)
+    assert mt.expected_step(a, st.Poisson(7.0)) == pytest.approx(0.1, rel=1e-9)
+    with pytest.raises(ValueError, match=r"no mass to some staleness in P's bulk \[2, 10\]"):
+        ss.mindthestep_table(0.1, st.Poisson(7.0), [1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
 
 
 @pytest.mark.parametrize("model", MODELS[:3], ids=lambda m: m.name)
-def test_mindthestep_is_alpha_q_over_p_before_clipping(model):
+def test_mindthestep_is_alpha_q_over_p_in_the_bulk_and_mass_ratios_in_the_tails(model):
     target = ss.geometric(0.9)
-    a = ss.mindthestep_table(0.1, model, target, cap=1e6, max_staleness=20)
-    tau = np.arange(20)
-    expected = 0.1 * target.pmf(tau) / model.pmf(tau)
-    assert expected.max() < 1e6 * 0.1  # nothing clipped
-    np.testing.assert_allclose(a[:20], expected, rtol=1e-9)
+    a = ss.mindthestep_table(0.1, model, target, cap=1e6, max_staleness=200)
+    lo, hi = mt.bulk(model, max_staleness=200)
+    tau = np.arange(lo + 1, hi)
+    np.testing.assert_allclose(a[tau], 0.1 * target.pmf(tau) / model.pmf(tau), rtol=1e-9)
+    head = 0.1 * target.cdf(lo) / model.cdf(lo)
+    tail = 0.1 * target.sf(hi - 1) / model.sf(hi - 1)
+    np.testing.assert_allclose(a[:lo + 1], head, rtol=1e-9)
+    np.testing.assert_allclose(a[hi:], tail, rtol=1e-9)
+    assert a.max() < 1e6 * 0.1  # nothing clipped: k = 1
 
 
 def test_mindthestep_poisson_uniform_closed_form():
-    lam, T, alpha = 3.0, 6, 0.1
+    lam, T, alpha = 3.0, 8, 0.1  # Poisson(3)'s bulk is [0, 8]
+    assert mt.bulk(st.Poisson(lam)) == (0, 8)
     tx = ss.mindthestep(alpha, st.Poisson(lam), ss.uniform(T), cap=100.0)
-    for tau in range(T + 1):
+    for tau in range(T):
         closed = alpha * math.exp(lam) * math.factorial(tau) / ((T + 1) * lam ** tau)
         assert step(tx, tau) == pytest.approx(closed, rel=1e-6)
-    assert step(tx, T + 1) == 0.0 and step(tx, 10**6) == 0.0  # beyond the target: 0
+    pooled = alpha / (T + 1) / st.Poisson(lam).sf(T - 1)  # tau >= 8 share one bin
+    assert [step(tx, t) for t in (T, T + 1, 10**6)] == pytest.approx([pooled] * 3, rel=1e-6)
 
 
-def test_mindthestep_clipping_renormalises_and_beyond_model_support_is_cap():
-    # uniform(12) over Poisson(3): 0.1 Q/P reaches ~ 0.1 * 2.8e3 > cap, so clip
-    a = ss.mindthestep_table(0.1, st.Poisson(3.0), ss.uniform(12), cap=5.0)
-    assert a.max() == pytest.approx(0.5)
-    assert np.dot(_model_probs(st.Poisson(3.0), K), a) == pytest.approx(0.1, rel=1e-9)
-    unclipped = a[:13] < 0.5 - 1e-12
-    ratio = a[:13][unclipped] / (0.1 / 13 / st.Poisson(3.0).pmf(np.arange(13))[unclipped])
-    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)  # one common factor k >= 1
-    assert ratio[0] > 1
-    # a finite-support model: Q > 0 = P beyond it gives the cap
-    b = ss.mindthestep_table(0.1, st.Empirical([1, 1, 1], smoothing=0), ss.geometric(0.5),
-                             cap=4.0, max_staleness=8)
-    np.testing.assert_allclose(b[3:], 0.4)
+def test_tilted_is_exponential_decay_normalised_to_alpha():
+    model, theta = st.ConwayMaxwellPoisson(1.95, 0.37), 0.3
+    a = ss.mindthestep_table(0.1, model, ss.tilted(theta), cap=100.0, max_staleness=300)
+    lo, hi = mt.bulk(model, max_staleness=300)
+    tau = np.arange(lo, hi)
+    np.testing.assert_allclose(a[tau[1:]] / a[tau[:-1]], math.exp(-theta), rtol=1e-9)
+    assert np.all(np.diff(a) <= 0)  # staler never gets a larger step
+    assert mt.expected_step(a, model) == pytest.approx(0.1, rel=1e-9)
+
+
+def test_clipping_renormalises_with_one_common_factor():
+    model = st.Poisson(3.0)
+    a = ss.mindthestep_table(0.1, model, ss.uniform(12), cap=2.0)
+    assert a.max() == pytest.approx(0.2)
+    assert mt.expected_step(a, model) == pytest.approx(0.1, rel=1e-9)
+    lo, hi = mt.bulk(model)
+    tau = np.arange(lo + 1, hi)
+    free = a[tau] < 0.2 - 1e-12
+    k = a[tau][free] / (0.1 / 13 / model.pmf(tau[free]))
+    np.testing.assert_allclose(k, k[0], rtol=1e-9)  # one common factor
+    assert k[0] > 1  # the clipped step mass went back to the unclipped tau
+    assert mt.cap_share(a, model, 0.2) == pytest.approx(
+        _model_probs(model, K)[a >= 0.2 * (1 - 1e-9)].sum())
+
+
+def test_rare_staleness_far_below_the_mean_does_not_get_its_own_extreme_step():
+    """m = 8 with a Poisson(7) prior: P(0) = 9e-4. The pointwise ratio gave tau = 0 the
+    largest step (10 alpha, the cap); now tau <= 2 (P's lowest 1 %) share the step of
+    their pooled mass, and no step exceeds the cap of 2 alpha."""
+    model = st.Poisson(7.0)
+    lo, hi = mt.bulk(model)
+    assert (lo, hi) == (2, 14)
+    for target in (mt.uniform_quantile(), ss.geometric(7 / 8), ss.tilted(ss.fleet_beta(8))):
+        a = ss.mindthestep_table(1.0, model, target)
+        assert a.max() <= 2.0 * (1 + 1e-12)
+        assert a[0] == a[1] == a[2]  # pooled: the rarest get no step of their own
+        assert a[0] <= a[lo:hi + 1].max()  # and nothing larger than what the bulk gets
+        q = mt.as_target(target, model)
+        unclipped = min(1.0, 2.0)  # the pooled step is the mass ratio unless clipped
+        assert a[0] <= max(q.cdf(lo) / model.cdf(lo), unclipped * 2.0)
 
 
 @pytest.mark.parametrize("model", [st.Poisson(7.0), st.Geometric(0.5),
                                    st.ConwayMaxwellPoisson(3.0, 1.5)], ids=lambda m: m.name)
-def test_mindthestep_finite_for_tau_up_to_a_million(model):
+def test_mindthestep_finite_and_positive_for_tau_up_to_a_million(model):
     a = ss.mindthestep_table(0.1, model, ss.geometric(0.9), cap=10.0, max_staleness=10**6)
-    assert a.shape == (10**6 + 1,) and np.all(np.isfinite(a))
-    assert a[-1] == pytest.approx(1.0)  # P underflows long before: the cap
-    tx = ss.mindthestep(0.1, model, ss.geometric(0.9))
-    assert math.isfinite(step(tx, 10**6)) and step(tx, 10**6) == pytest.approx(1.0)
+    assert a.shape == (10**6 + 1,) and np.all(np.isfinite(a)) and a.min() > 0
+    assert a[-1] == a[mt.bulk(model, max_staleness=10**6)[1]]  # the pooled upper tail
+    tx = ss.mindthestep(0.1, model, ss.geometric(0.9), cap=10.0)
+    assert math.isfinite(step(tx, 10**6)) and step(tx, 10**6) == pytest.approx(a[-1], rel=1e-6)
 
 
-def test_mindthestep_online_fit_replaces_the_prior_after_the_window():
-    tx = ss.mindthestep(0.1, st.Poisson(3.0), ss.uniform(4), cap=100.0, max_staleness=16,
-                        window=50)
+def test_mindthestep_online_fit_replaces_the_prior_and_keeps_refitting():
+    window, k = 50, 16
+    tx = ss.mindthestep(0.1, st.Poisson(3.0), mt.uniform_quantile(), cap=100.0,
+                        max_staleness=k, window=window)
     s = tx.init(None)
     prior = np.asarray(s.table)
     update = jax.jit(tx.update)
-    for tau in st.Poisson(1.0).sample(0, 50):
+    taus = np.concatenate([st.Poisson(1.0).sample(0, window), st.Poisson(6.0).sample(1, window)])
+    for tau in taus[:window]:
         u, s = update(jnp.ones(1), s, staleness=int(tau))
-        assert -float(u[0]) == pytest.approx(prior[min(int(tau), 16)], rel=1e-6)
-    assert int(s.count) == 50 and not bool(s.fitted)
-    _, s = update(jnp.ones(1), s, staleness=0)  # the refit happens here
-    assert bool(s.fitted)
-    lam = st.Poisson.fit_hist(np.asarray(s.hist)).lam
-    expected = ss.mindthestep_table(0.1, st.Poisson(lam), ss.uniform(4), 100.0, 16)
-    np.testing.assert_allclose(s.table, expected, rtol=1e-6)
+        assert -float(u[0]) == pytest.approx(prior[min(int(tau), k)], rel=1e-6)
+    assert int(s.count) == window and int(s.refits) == 0
+    first = np.bincount(taus[:window], minlength=k + 1).astype(np.float32)
+    for tau in taus[window:]:  # the refit happens at the first of these
+        _, s = update(jnp.ones(1), s, staleness=int(tau))
+    assert int(s.refits) == 1
+    np.testing.assert_allclose(s.fit_hist, first)
+    lam = st.Poisson.fit_hist(first).lam
+    np.testing.assert_allclose(
+        s.table, ss.mindthestep_table(0.1, st.Poisson(lam), mt.uniform_quantile(), 100.0, k),
+        rtol=1e-6)
     assert not np.allclose(s.table, prior)
+    # the second refit weighs the new window 1 and the first 1/2: it follows the change
+    _, s = update(jnp.ones(1), s, staleness=0)
+    second = np.bincount(taus[window:], minlength=k + 1) + 0.5 * first
+    assert int(s.refits) == 2
+    np.testing.assert_allclose(s.fit_hist, second)
+    lam2 = st.Poisson.fit_hist(second).lam
+    assert lam2 > lam + 2
+    np.testing.assert_allclose(
+        s.table, ss.mindthestep_table(0.1, st.Poisson(lam2), mt.uniform_quantile(), 100.0, k),
+        rtol=1e-6)
 
 
 # --------------------------------------------------- chain, jit, schedule ----
@@ -251,8 +304,8 @@ def test_schedule_observe_refits_mindthestep():
     sched = ss.schedule(tx, max_staleness=16)
     before = sched.table()
     assert sched.observe(st.Poisson(1.0).sample(1, 150)) is True
-    assert bool(sched.state.fitted)
-    lam = st.Poisson.fit_hist(np.asarray(sched.state.hist)).lam
+    assert int(sched.state.refits) == 1
+    lam = st.Poisson.fit_hist(np.asarray(sched.state.fit_hist)).lam
     np.testing.assert_allclose(sched.alpha_table(),
                                ss.mindthestep_table(0.1, st.Poisson(lam), ss.uniform(4), 100.0, 16),
                                rtol=1e-6)
@@ -290,6 +343,8 @@ def test_schedule_accepts_linear_transforms(tx):
     (lambda: ss.inverse(-1.0), "alpha must be"),
     (lambda: ss.fleet(0.1, 0), "fleet m"),
     (lambda: ss.tail_tau(0.1, amplitude=1.5), "amplitude"),
+    (lambda: ss.tail_tau(0.1, amplitude=1.0), "amplitude"),
+    (lambda: ss.tilted(-1.0), "theta"),
     (lambda: ss.tail_tau(0.1, window=0), "window"),
     (lambda: ss.uniform(-1), "uniform target T"),
     (lambda: ss.geometric(1.0), "mu must be in"),
@@ -308,8 +363,8 @@ def test_schedule_table_uses_the_refit_as_soon_as_the_window_is_full():
                         window=100)
     sched = ss.schedule(tx, max_staleness=16)
     assert sched.observe(st.Poisson(1.0).sample(1, 100)) is True  # exactly the window
-    assert int(sched.state.count) == 100 and not bool(sched.state.fitted)
+    assert int(sched.state.count) == 100 and int(sched.state.refits) == 0
     lam = st.Poisson.fit_hist(np.asarray(sched.state.hist)).lam
     expected = ss.mindthestep_table(0.1, st.Poisson(lam), ss.uniform(4), 100.0, 16)
     np.testing.assert_allclose(sched.alpha_table(), expected, rtol=1e-6)
-    assert sched.observe([3]) is False and bool(sched.state.fitted)  # refit kept, same table
+    assert sched.observe([3]) is False and int(sched.state.refits) == 1  # the same table

@@ -140,8 +140,8 @@ def _frozen(state) -> bool:
     for s in _online_states(state):
         if isinstance(s, stepsize.TailTauState) and int(s.count) < int(s.window):
             return False
-        if isinstance(s, stepsize.MindTheStepState) and not bool(s.fitted):
-            return False
+        if isinstance(s, stepsize.MindTheStepState) and int(s.window) > 0:
+            return False  # refitted every window updates, for the whole run
     return True
 
 
@@ -165,21 +165,76 @@ class ScaleController:
     Workers read the attribute once per update; ``poll`` (called by the
     driver's loop) feeds the staleness that the workers' logs gained since the
     last poll to the schedule and swaps in a new array when the rule changed,
-    so a refresh lags by at most one poll.
+    so a refresh lags by at most one poll. It also counts, for a MindTheStep
+    rule, the updates whose step was at the cap in the table of that poll.
     """
 
     def __init__(self, schedule: StalenessSchedule, logs: Sequence):
         self.schedule = schedule
         self._staleness = LogCursor(logs, "staleness")
         self.array = np.ascontiguousarray(schedule.table(), np.float32)
+        self.observed = 0
+        self.at_cap = 0
 
     def poll(self) -> bool:
         """Observe new staleness; True when ``array`` was replaced."""
-        fresh = self._staleness.fresh()
-        if fresh and self.schedule.observe(np.asarray(fresh)):
+        fresh = self._count(self._staleness.fresh())
+        if fresh.size and self.schedule.observe(fresh):
             self.array = np.ascontiguousarray(self.schedule.table(), np.float32)
             return True
         return False
 
+    def _count(self, staleness) -> np.ndarray:
+        """Tally the applied tau against the table they were (at most a poll ago) applied with."""
+        taus = np.asarray(staleness, np.int64).ravel()
+        self.observed += taus.size
+        cap = cap_step(self.schedule.state)
+        if cap is not None and taus.size:
+            steps = -self.array[np.minimum(np.maximum(taus, 0), self.array.size - 1)]
+            self.at_cap += int(np.count_nonzero(steps >= cap * (1 - 1e-6)))
+        return taus
+
     def summary(self) -> dict:
-        return {"alpha_table": self.schedule.alpha_table()}
+        """``alpha_table``; for MindTheStep also the share of updates at the cap and the fit.
+
+        ``stepsize_at_cap_share``: applied updates whose step was cap * alpha,
+        over all applied updates (null without a cap). ``stepsize_fit``: the
+        histogram the table in use was fitted to, ranked by ``staleness.best_fit``:
+        every family's parameters, NLL, AIC, BIC, total variation and KL, and
+        the best by AIC, the model of ``stepsize_model=fitted``), or
+        ``{"model": "prior"}`` before the first refit (``"given"`` for a fixed P).
+        """
+        self._count(self._staleness.fresh())  # updates applied since the last poll
+        out = {"alpha_table": self.schedule.alpha_table()}
+        cap = cap_step(self.schedule.state)
+        if cap is not None:
+            out["stepsize_cap_step"] = float(cap)
+            out["stepsize_at_cap_share"] = self.at_cap / self.observed if self.observed else None
+            out["stepsize_fit"] = fit_report(self.schedule.state)
+        return out
+
+
+def _mindthestep_state(state):
+    states = [s for s in _online_states(state) if isinstance(s, stepsize.MindTheStepState)]
+    return states[0] if states else None
+
+
+def cap_step(state) -> float | None:
+    """cap * alpha of a MindTheStep transform's state, None for other rules."""
+    s = _mindthestep_state(state)
+    return None if s is None else float(s.cap_step)
+
+
+def fit_report(state) -> dict:
+    """The fit behind a MindTheStep table in use (see ``ScaleController.summary``)."""
+    from asgd import staleness
+    s = _mindthestep_state(state)
+    if s is None or int(s.window) == 0:
+        return {"model": "given", "refits": 0}
+    hist = np.asarray(s.fit_hist, np.float64)
+    if int(s.refits) == 0 or hist.sum() <= 0:
+        return {"model": "prior", "refits": 0}
+    hist = np.trim_zeros(hist, "b")
+    name, _, scores = staleness.best_fit(hist)
+    return {"model": "fitted", "best_by_aic": name, "refits": int(s.refits),
+            "weight": float(hist.sum()), "scores": scores}
