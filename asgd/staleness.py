@@ -373,6 +373,19 @@ class ConwayMaxwellPoisson(_Model):
         _, k, pmf = self._support
         return generator(rng).choice(k + 1, size=n, p=pmf / pmf.sum()).astype(np.int64)
 
+    @classmethod
+    def with_mean(cls, mean: float, nu: float) -> "ConwayMaxwellPoisson":
+        """The CMP(lam, nu) whose mean is ``mean`` (lam by bisection on log lam;
+        the mean increases with lam)."""
+        mean, nu = _positive("CMP mean", mean), _positive("ConwayMaxwellPoisson nu", nu)
+        low, high = math.log(1e-8), nu * math.log(mean + 2.0) + 2.0
+        while cls(math.exp(high), nu).mean() < mean:
+            high += 1.0
+        for _ in range(100):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if cls(math.exp(mid), nu).mean() < mean else (low, mid)
+        return cls(math.exp(0.5 * (low + high)), nu)
+
     def tilt(self, theta: float) -> "ConwayMaxwellPoisson":
         """The model reweighted by e^(-theta tau): CMP(lam e^-theta, nu)."""
         return type(self)(self.lam * math.exp(-theta), self.nu)

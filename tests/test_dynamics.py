@@ -157,7 +157,7 @@ def lsq():
 @pytest.mark.parametrize("name", ["constant", "tail_tau"])
 def test_zero_staleness_equals_plain_sgd_bit_for_bit(make, name):
     obj = make(n=128, d=8)
-    tx = pen.make_stepsize(name, obj.alpha, st.Poisson(3.0), 4)
+    tx = pen.make_stepsize(name, obj.alpha, 4)
     key = jax.random.key(7)
     plain = jax.jit(lambda k: pen.plain_sgd(obj, tx, 300, k))(key)
     for ring in (1, 16):
@@ -215,7 +215,8 @@ def test_penalty_is_reproducible_and_staleness_costs(lsq):
     assert c["methods"]["constant"]["iters"] != a["methods"]["constant"]["iters"]
     # With this alpha, damping stale steps by 1/(tau+1) slows convergence a lot.
     assert a["sequential_stats"]["reached"] == 3
-    assert a["methods"]["inverse"]["ratio_mean"] > 2.0
+    inverse = a["methods"]["inverse"]
+    assert inverse["ratio"]["n"] == 3 and inverse["ratio"]["low"] > 2.0
 
 
 def test_penalty_diverges_with_large_staleness_and_constant_step(lsq):
@@ -223,6 +224,44 @@ def test_penalty_diverges_with_large_staleness_and_constant_step(lsq):
                       steps=600, seeds=2)
     assert res["sequential_stats"]["reached"] == 2
     assert res["methods"]["constant"]["reached"] == 0
+    assert res["methods"]["constant"]["diverged"] == 2
+
+
+def test_precomputed_step_sizes_are_what_the_transform_applies(lsq):
+    """The sweep runs each rule as its per-step step sizes along the tau sequence:
+    bit for bit the transform's own updates, online learning (TAIL-tau, MindTheStep) included."""
+    taus = pen.clamped(st.Poisson(3.0).sample(0, 400)[None], 16)
+    key = jax.random.key(3)
+    for name in ("inverse", "tail_tau", "mindthestep", "mindthestep:uniform"):
+        tx = pen.make_stepsize(name, 0.1, 4)
+        direct, _ = pen.injected_sgd(lsq, tx, jnp.asarray(taus[0]), key, 16, 1)
+        steps = pen.step_sizes(tx, taus)
+        replay, _ = pen.injected_sgd(lsq, pen.scheduled(steps[0]), jnp.asarray(taus[0]), key, 16, 1)
+        assert np.array_equal(np.asarray(direct), np.asarray(replay)), name
+    assert len(set(np.round(steps[0], 6))) > 3  # the step really depends on tau
+
+
+def test_outcome_separates_divergence_from_not_reaching():
+    assert pen.outcome(np.array([1.0, 0.5, 0.005]), 0.0, 0.01, 5) == (10.0, False)
+    assert pen.outcome(np.array([1.0, 0.5, 0.2]), 0.0, 0.01, 5) == (math.inf, False)
+    assert pen.outcome(np.array([1.0, 11.0, 0.001]), 0.0, 0.01, 5) == (math.inf, True)
+    assert pen.outcome(np.array([1.0, np.nan]), 0.0, 0.01, 5) == (math.inf, True)
+    r = pen.ratio_interval([10, 20, math.inf], [10, 10, 10])
+    assert r["n"] == 2 and r["gmean"] == pytest.approx(math.sqrt(2))
+    assert r["low"] < r["gmean"] < r["high"]
+
+
+def test_sweep_cell_reference_is_sequential_at_its_optimum(lsq):
+    res = pen.sweep([lsq], [("poisson(2)", st.Poisson(2.0))], methods=("constant", "inverse"),
+                    multiples=(1.0, 2.0), seeds=2, settings={"least_squares": (0.05, 1, 300)})
+    entry = res["objectives"]["least_squares"]
+    grid = entry["sequential_grid"]
+    best = min(grid, key=lambda r: r["gmean"])
+    assert entry["alpha_star"] == best["alpha"]
+    cells = entry["sources"]["poisson(2)"]["cells"]
+    assert cells["1.0"]["sequential"]["iters"] == best["iters"]  # tau = 0 at alpha*: itself
+    assert cells["1.0"]["sequential"]["ratio"]["gmean"] == pytest.approx(1.0)
+    assert set(cells["2.0"]) == {"sequential", "constant", "inverse"}
 
 
 # --------------------------------------------------------------- validation ----
@@ -320,6 +359,21 @@ def test_cli_penalty_and_validate(tmp_path, capsys):
     assert (tmp_path / "v.png").exists() and (tmp_path / "v.json").exists()
 
 
+def test_cli_sweep_writes_table_plot_and_json(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    rc = cli.main(["sweep", "--problems", "least_squares", "--staleness", "poisson:2",
+                   "--methods", "constant,mindthestep:tilted", "--multiples", "1,2",
+                   "--seeds", "2", "--steps", "300", "--quiet", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| staleness | mean | sequential | constant | mindthestep:tilted |" in text
+    assert "alpha = 2 alpha*" in text
+    assert (out / "sweep.md").read_text() in text
+    assert (out / "sweep.png").stat().st_size > 1000
+    res = json.loads((out / "sweep.json").read_text())
+    assert list(res["objectives"]["least_squares"]["sources"]) == ["poisson(2)"]
+
+
 def test_cli_default_outputs_never_overwrite_each_other(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
@@ -348,6 +402,9 @@ def test_cli_help_describes_every_flag():
     (["penalty", "--methods", "adam"], "unknown method"),
     (["penalty", "--problem", "cifar"], "unknown problem"),
     (["penalty", "--steps", "0"], "steps must be"),
+    (["sweep", "--methods", "adam"], "unknown method"),
+    (["sweep", "--seeds", "1"], "seeds must be"),
+    (["sweep", "--staleness", "zipf:1"], "bad staleness model"),
     (["validate", "/nonexistent/run"], "summary.json not found"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m asgd.dynamics {simulate,penalty,validate} ...``.
+"""Command line: ``python -m asgd.dynamics {simulate,penalty,sweep,validate} ...``.
 
 Each subcommand prints a table and writes a PNG plot and the full results as
 JSON into its own output folder (``--out``, by default
@@ -20,11 +20,26 @@ import numpy as np
 from asgd import staleness as st
 
 
+# The rules the sweep compares by default (asgd.dynamics.penalty.RULES, without importing JAX).
+RULES_DEFAULT = ("constant", "inverse", "fleet", "tail_tau", "mindthestep:tilted",
+                 "mindthestep:uniform", "mindthestep:geometric")
+
+
 class UsageError(ValueError):
     """Bad command-line input; reported as one line, exit status 2."""
 
 
 # ------------------------------------------------------------------ parsing ----
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values or not all(v > 0 and math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -37,10 +52,14 @@ def _int_list(text: str) -> list[int]:
 
 
 def parse_staleness(text: str):
-    """``poisson:LAM``, ``geometric:P``, ``cmp:LAM,NU`` or ``hist:FILE`` (a JSON list
-    of counts, or a run's summary.json whose staleness_hist is used)."""
+    """``poisson:LAM``, ``geometric:P``, ``cmp:LAM,NU``, ``cmp-mean:MEAN,NU`` (the CMP
+    with that mean) or ``hist:FILE`` (a JSON list of counts, or a JSON object
+    whose staleness_hist is used, e.g. a run's summary.json)."""
     kind, _, arg = text.partition(":")
     try:
+        if kind == "cmp-mean":
+            mean, nu = (float(x) for x in arg.split(","))
+            return st.ConwayMaxwellPoisson.with_mean(mean, nu)
         if kind == "poisson":
             return st.Poisson(float(arg))
         if kind == "geometric":
@@ -57,7 +76,7 @@ def parse_staleness(text: str):
     except (TypeError, ValueError, OSError) as err:
         raise UsageError(f"bad staleness model {text!r}: {err}") from None
     raise UsageError(f"bad staleness model {text!r}; use poisson:LAM, geometric:P, "
-                     f"cmp:LAM,NU or hist:FILE")
+                     f"cmp:LAM,NU, cmp-mean:MEAN,NU or hist:FILE")
 
 
 def _pm(mean, std, digits: int = 1) -> str:
@@ -159,6 +178,19 @@ def cmd_simulate(args) -> None:
 
 # ------------------------------------------------------------------ penalty ----
 
+def _ratio(summary: dict, seeds: int) -> str:
+    """'1.23 (1.10-1.38)', with 'k/n' and 'd div' when not every seed reached epsilon."""
+    r = summary["ratio"]
+    text = "-" if r["gmean"] is None else f"{r['gmean']:.2f}"
+    if r["low"] is not None:
+        text += f" ({r['low']:.2f}-{r['high']:.2f})"
+    if summary["reached"] < seeds:
+        text += f" {summary['reached']}/{seeds}"
+        if summary["diverged"]:
+            text += f", {summary['diverged']} div"
+    return text
+
+
 def cmd_penalty(args) -> None:
     from asgd.dynamics import penalty as pen
     model = parse_staleness(args.staleness)
@@ -176,15 +208,16 @@ def cmd_penalty(args) -> None:
     seq = res["sequential_stats"]
     print(f"{res['objective']}: tau ~ {res['model']} (mean {model.mean():.2f}), "
           f"alpha={res['alpha']}, epsilon={res['epsilon']} (relative), {res['seeds']} seeds, "
-          f"{res['steps']} steps max, FLeet m={res['threads']}; {wall:.1f} s")
-    rows = [["sequential (tau=0)", f"{seq['reached']}/{res['seeds']}",
+          f"{res['steps']} steps max, m={res['threads']}; {wall:.1f} s")
+    rows = [["sequential (tau=0)", f"{seq['reached']}/{res['seeds']}", "0",
              _pm(seq["mean"], seq["std"]), "1"]]
     for name, r in res["methods"].items():
-        rows.append([name, f"{r['reached']}/{res['seeds']}", _pm(r["mean"], r["std"]),
-                     _pm(r["ratio_mean"], r["ratio_std"], 2)])
-    print(_table(["step size", "reached", "iters to eps", "penalty (x sequential)"], rows))
-    print("penalty: iterations to epsilon / sequential's, per seed, over seeds that reached "
-          "epsilon; '-' = none did")
+        rows.append([name, f"{r['reached']}/{res['seeds']}", str(r["diverged"]),
+                     _pm(r["mean"], r["std"]), _ratio(r, res["seeds"])])
+    print(_table(["step size", "reached", "diverged", "iters to eps",
+                  "penalty (x sequential, 95% CI)"], rows))
+    print("penalty: iterations to epsilon / sequential's at the same alpha, geometric mean over "
+          "the seeds that reached epsilon, with its 95% t-interval; '-' = none did")
     fig, axes = _figure(1)
     ax = axes[0]
     names = list(res["methods"])
@@ -199,6 +232,131 @@ def cmd_penalty(args) -> None:
     ax.tick_params(axis="x", rotation=30)
     _save(fig, args.plot)
     _write_json(args.json, res)
+
+
+# -------------------------------------------------------------------- sweep ----
+
+MEASURED = ("tests/fixtures/staleness/lock-m2-b16.json",
+            "tests/fixtures/staleness/leashed-m4-b16.json",
+            "tests/fixtures/staleness/lock-m8-b16.json")
+SWEEP_STALENESS = (tuple(f"poisson:{lam}" for lam in (1, 3, 7, 15, 31))
+                   + tuple(f"cmp-mean:{lam},0.5" for lam in (1, 3, 7, 15, 31))
+                   + tuple(f"hist:{path}" for path in MEASURED))
+
+
+def _source_label(text: str) -> str:
+    import os
+    kind, _, arg = text.partition(":")
+    if kind == "hist":
+        return "measured " + os.path.splitext(os.path.basename(arg))[0]
+    return f"{kind}({arg})"
+
+
+def sweep_markdown(res: dict) -> str:
+    """One table per objective and alpha multiple: sources x rules, each cell the penalty."""
+    lines = []
+    seeds = res["seeds"]
+    for name, entry in res["objectives"].items():
+        for multiple in res["multiples"]:
+            alpha = multiple * entry["alpha_star"]
+            lines += ["", f"**{name}**, alpha = {multiple:g} alpha* = {alpha:.3g} "
+                          f"(epsilon {entry['epsilon']}, {entry['steps']} steps at most)", ""]
+            head = ["staleness", "mean", "sequential"] + list(res["methods"])
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for label, source in entry["sources"].items():
+                cell = source["cells"][str(float(multiple))]
+                row = [label, f"{source['mean']:.1f}", _ratio(cell["sequential"], seeds)]
+                row += [_ratio(cell[m], seeds) for m in res["methods"]]
+                lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def cmd_sweep(args) -> None:
+    from asgd.dynamics import penalty as pen
+    import os
+    texts = args.staleness or list(SWEEP_STALENESS)
+    sources = [(_source_label(t), parse_staleness(t)) for t in texts]
+    methods = args.methods.split(",")
+    problems = args.problems.split(",")
+    for name in methods:
+        if name not in pen.METHODS:
+            raise UsageError(f"unknown method {name!r}; choose from {list(pen.METHODS)}")
+    for name in problems:
+        if name not in pen.OBJECTIVES:
+            raise UsageError(f"unknown problem {name!r}; choose from {list(pen.OBJECTIVES)}")
+    if args.seeds < 2:
+        raise UsageError(f"--seeds must be >= 2 (for an interval), got {args.seeds}")
+    settings = dict(pen.SWEEP_SETTINGS)
+    if args.steps:
+        settings = {k: (e, ev, args.steps - args.steps % ev) for k, (e, ev, _) in settings.items()}
+    objectives = [pen.OBJECTIVES[name](seed=args.seed) for name in problems]
+    t0 = time.perf_counter()
+    progress = None if args.quiet else (
+        lambda text: print(f"[{time.perf_counter() - t0:7.1f} s] {text}", flush=True))
+    res = pen.sweep(objectives, sources, methods, args.multiples, args.seeds, args.seed,
+                    settings, progress)
+    res["wall_s"] = time.perf_counter() - t0
+    res["staleness"] = texts
+    try:
+        res["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    text = sweep_markdown(res)
+    print(text)
+    print("cells: iterations to epsilon / sequential SGD's at alpha* (the best alpha of a grid), "
+          "geometric mean over the seeds that reached epsilon (95% t-interval); 'k/n' when only "
+          "k of n seeds reached it, 'd div' when d diverged")
+    path = _parent(os.path.join(args.out, "sweep.md"))
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"table: {path}")
+    _sweep_figure(res, args.plot)
+    _write_json(args.json, res)
+
+
+def _sweep_figure(res: dict, path: str) -> None:
+    """Per objective (columns) and alpha multiple (rows): each rule's penalty per source."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names, multiples = list(res["objectives"]), res["multiples"]
+    fig, axes = plt.subplots(len(multiples), len(names), squeeze=False, sharey=True,
+                             figsize=(5.5 * len(names), 3.4 * len(multiples)))
+    methods = ["sequential"] + list(res["methods"])
+    colors = plt.get_cmap("tab10")
+    for j, name in enumerate(names):
+        entry = res["objectives"][name]
+        labels = list(entry["sources"])
+        for i, multiple in enumerate(multiples):
+            ax = axes[i][j]
+            for k, method in enumerate(methods):
+                xs, ys, lo, hi, failed = [], [], [], [], []
+                for x, label in enumerate(labels):
+                    cell = entry["sources"][label]["cells"][str(float(multiple))][method]
+                    shift = x + (k - len(methods) / 2) * 0.8 / len(methods)
+                    r = cell["ratio"]
+                    if r["gmean"] is None:
+                        failed.append(shift)
+                        continue
+                    xs.append(shift)
+                    ys.append(r["gmean"])
+                    lo.append(r["gmean"] - (r["low"] if r["low"] is not None else r["gmean"]))
+                    hi.append((r["high"] if r["high"] is not None else r["gmean"]) - r["gmean"])
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=3, capsize=2, color=colors(k),
+                            label=method if (i, j) == (0, 0) else None)
+                ax.plot(failed, [30.0] * len(failed), "x", color=colors(k), ms=5)
+            ax.set_yscale("log")
+            ax.set_ylim(0.3, 40)
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+            ax.set_title(f"{name}, alpha = {multiple:g} alpha*", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("iterations / sequential at alpha*")
+    fig.legend(loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(_parent(path), dpi=110)
+    print(f"plot: {path} (x at the top: no seed reached epsilon)")
 
 
 # ----------------------------------------------------------------- validate ----
@@ -240,7 +398,7 @@ def _save(fig, path: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asgd.dynamics",
-                                description="Staleness dynamics: simulate, penalty, validate.")
+                                description="Staleness dynamics: simulate, penalty, sweep, validate.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate m asynchronous workers")
@@ -272,10 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--problem", default="least_squares",
                    help="least_squares, logistic or digits_mlp")
     q.add_argument("--staleness", default="poisson:7",
-                   help="poisson:LAM, geometric:P, cmp:LAM,NU or hist:FILE (default poisson:7)")
+                   help="poisson:LAM, geometric:P, cmp:LAM,NU, cmp-mean:MEAN,NU or hist:FILE "
+                        "(default poisson:7)")
     q.add_argument("--methods", default="constant,inverse,fleet,tail_tau,mindthestep",
-                   help="step-size rules, comma-separated (default: all)")
-    q.add_argument("--threads", type=int, default=None, help="FLeet's m (default round(E tau)+1)")
+                   help="step-size rules, comma-separated: constant, inverse, fleet, tail_tau, "
+                        "mindthestep (the default variant) or mindthestep:TARGET with TARGET "
+                        "tilted, uniform or geometric (default: the first five)")
+    q.add_argument("--threads", type=int, default=None,
+                   help="m for FLeet and MindTheStep's prior and targets (default round(E tau)+1)")
     q.add_argument("--alpha", type=float, default=None, help="step size (default: per problem)")
     q.add_argument("--epsilon", type=float, default=None,
                    help="relative suboptimality target (default: per problem)")
@@ -290,6 +452,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default=None, metavar="FILE",
                    help="results as JSON (default: <out>/penalty.json)")
     q.set_defaults(fn=cmd_penalty)
+
+    w = sub.add_parser("sweep", help="the penalty grid: problems x staleness x alpha x rules, "
+                                     "relative to sequential SGD at its best alpha")
+    w.add_argument("--problems", default="least_squares,logistic,digits_mlp",
+                   help="comma-separated (default: all three)")
+    w.add_argument("--staleness", action="append", metavar="MODEL",
+                   help="a staleness source as for penalty, once per source (default: Poisson "
+                        "and CMP (nu = 0.5) with mean 1, 3, 7, 15, 31 and the measured "
+                        "histograms lock-m2-b16, leashed-m4-b16, lock-m8-b16 of "
+                        "tests/fixtures/staleness)")
+    w.add_argument("--methods", default=",".join(RULES_DEFAULT),
+                   help="step-size rules, comma-separated as for penalty (default: constant, "
+                        "inverse, fleet, tail_tau and every MindTheStep variant)")
+    w.add_argument("--multiples", type=_float_list, default=[1.0, 2.0, 4.0],
+                   help="alpha / alpha*, comma-separated (default 1,2,4)")
+    w.add_argument("--seeds", type=int, default=10, help="repetitions (default 10)")
+    w.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    w.add_argument("--steps", type=int, default=0,
+                   help="iterations per run for every problem (default 0: per problem, "
+                        "2000)")
+    w.add_argument("--quiet", action="store_true", help="no progress lines")
+    w.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder, also for sweep.md (default: dynamics/sweep-<timestamp>)")
+    w.add_argument("--plot", default=None, metavar="PNG", help="plot file (default: <out>/sweep.png)")
+    w.add_argument("--json", default=None, metavar="FILE",
+                   help="results as JSON (default: <out>/sweep.json)")
+    w.set_defaults(fn=cmd_sweep)
 
     v = sub.add_parser("validate", help="simulated vs measured staleness of run folders")
     v.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="results folders of train.py runs")

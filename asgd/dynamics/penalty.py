@@ -31,10 +31,15 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from asgd import rules, stepsize
 
-METHODS = ("constant", "inverse", "fleet", "tail_tau", "mindthestep")
+# The rules the sweep compares: the baselines and every MindTheStep variant
+# (``mindthestep:TARGET``); "mindthestep" alone is the default variant.
+RULES = ("constant", "inverse", "fleet", "tail_tau", "mindthestep:tilted",
+         "mindthestep:uniform", "mindthestep:geometric")
+METHODS = RULES + ("mindthestep",)
 
 
 class Objective(NamedTuple):
@@ -213,37 +218,138 @@ def plain_sgd(obj: Objective, tx, steps: int, key) -> jax.Array:
 
 # ------------------------------------------------------------- experiment ----
 
-def make_stepsize(name: str, alpha: float, model, threads: int):
-    """The step-size transform ``name`` (one of METHODS) for staleness model P.
+def make_stepsize(name: str, alpha: float, threads: int):
+    """The step-size transform ``name`` (one of METHODS) as ``train.py`` builds it.
 
-    Built by ``asgd.rules`` from the default config's step-size fields, as
-    ``train.py`` builds it, with this name, alpha and m; MindTheStep is given
-    the true injected P (an oracle fit) and derives its target from it.
+    Built by ``asgd.rules`` from the default config's step-size fields with
+    this name, alpha and m (``mindthestep:TARGET`` picks a variant's target);
+    the injected staleness is never 0, so the rule is not replaced by alpha.
+    MindTheStep is fitted online from the injected tau, as in a run: the
+    Poisson(m - 1) prior for the first window, then the best fit, refitted.
     """
     if name not in METHODS:
         raise ValueError(f"unknown step size {name!r}; choose from {list(METHODS)}")
+    import dataclasses
+
     from asgd.run import default_config, stepsize_spec
+    rule, _, target = name.partition(":")
     cfg = default_config()
-    cfg.stepsize, cfg.learning_rate, cfg.threads = name, float(alpha), int(threads)
-    return rules.transform(stepsize_spec(cfg), model=model)
+    cfg.stepsize, cfg.learning_rate, cfg.threads = rule, float(alpha), max(int(threads), 2)
+    if target:
+        cfg.stepsize_target = target
+    spec = dataclasses.replace(stepsize_spec(cfg), staleness_free=False)
+    return rules.transform(spec)
+
+
+def step_sizes(tx, taus) -> np.ndarray:
+    """float32 [seeds, steps]: alpha_t of every step, each row ``tx`` along its tau sequence.
+
+    The transform applied to a unit gradient, its state advanced by each tau
+    as in ``injected_sgd`` (all of ``asgd.stepsize``'s step sizes are s(tau) g
+    with a state that does not depend on g, so this is exactly what they
+    apply there; TAIL-tau and MindTheStep learn online along the sequence).
+    """
+    taus = jnp.asarray(taus, jnp.int32)
+
+    def one(row):
+        def body(state, tau):
+            u, state = tx.update(jnp.ones((), jnp.float32), state, staleness=tau)
+            return state, -u
+        return jax.lax.scan(body, tx.init(jnp.zeros((), jnp.float32)), row)[1]
+
+    return np.asarray(jax.jit(jax.vmap(one))(taus), np.float32)
+
+
+def scheduled(steps) -> optax.GradientTransformationExtraArgs:
+    """The update -steps[t] g at the t-th call (steps: float32 [T], may be traced)."""
+    steps = jnp.asarray(steps, jnp.float32)
+
+    def update(updates, count, params=None, **extra_args):
+        del params, extra_args
+        return stepsize._descend(updates, steps[count]), count + 1
+
+    return optax.GradientTransformationExtraArgs(lambda params: jnp.int32(0), update)
+
+
+def clamped(taus: np.ndarray, ring: int) -> np.ndarray:
+    """tau_t as ``injected_sgd`` uses it: at most t and at most ring - 1."""
+    taus = np.asarray(taus, np.int32)
+    return np.minimum(np.minimum(taus, np.arange(taus.shape[-1], dtype=np.int32)), ring - 1)
+
+
+_RUNS: dict = {}
+
+
+def trajectories(obj: Objective, steps: np.ndarray, taus: np.ndarray, keys, ring: int,
+                 eval_every: int) -> np.ndarray:
+    """Losses [rows, seeds, T // eval_every + 1] of injected SGD for every (row, seed).
+
+    steps, taus: [rows, seeds, T]; keys: [seeds] (row r, seed s uses keys[s],
+    so every row sees the same minibatches). One jitted, vmapped call,
+    compiled once per (objective, ring, eval_every, shapes).
+    """
+    key = (id(obj), ring, eval_every)
+    if key not in _RUNS:
+        def one(st, ta, k):
+            return injected_sgd(obj, scheduled(st), ta, k, ring, eval_every)[1]
+        _RUNS[key] = (obj, jax.jit(jax.vmap(jax.vmap(one), in_axes=(0, 0, None))))
+    return np.asarray(_RUNS[key][1](jnp.asarray(steps, jnp.float32), jnp.asarray(taus, jnp.int32),
+                                    keys), np.float64)
+
+
+# A run that reached f - f* > BLOWUP (f0 - f*), or a non-finite loss, before epsilon diverged.
+BLOWUP = 10.0
+
+
+def outcome(losses: np.ndarray, f_star: float, epsilon: float, eval_every: int
+            ) -> tuple[float, bool]:
+    """(iterations to epsilon or inf, diverged): first recorded iteration with
+    f - f* <= epsilon (f0 - f*), unless the run blew up (non-finite, or a gap
+    above BLOWUP times the initial one) before; then (inf, True)."""
+    losses = np.asarray(losses, np.float64)
+    gap = (losses - f_star) / max(losses[0] - f_star, 1e-300)
+    hit = np.flatnonzero(gap <= epsilon)
+    bad = np.flatnonzero(~np.isfinite(gap) | (gap > BLOWUP))
+    first_hit = hit[0] if hit.size else math.inf
+    if bad.size and bad[0] < first_hit:
+        return math.inf, True
+    return (float(first_hit * eval_every) if hit.size else math.inf), False
 
 
 def iterations_to(losses: np.ndarray, f_star: float, epsilon: float, eval_every: int) -> float:
     """First recorded iteration with f - f* <= epsilon (f0 - f*); inf if never
     (or if the run diverged first)."""
-    losses = np.asarray(losses, np.float64)
-    gap = (losses - f_star) / max(losses[0] - f_star, 1e-300)
-    hit = np.flatnonzero(gap <= epsilon)
-    bad = np.flatnonzero(~np.isfinite(gap))
-    if hit.size == 0 or (bad.size and bad[0] < hit[0]):
-        return math.inf
-    return float(hit[0] * eval_every)
+    return outcome(losses, f_star, epsilon, eval_every)[0]
 
 
 def sample_taus(model, steps: int, seeds: int, seed: int) -> np.ndarray:
     """int32 [seeds, steps]: tau ~ P, one numpy Generator per (seed, s)."""
     return np.stack([np.asarray(model.sample(np.random.default_rng([seed, s]), steps), np.int32)
                      for s in range(seeds)])
+
+
+def ratio_interval(iters, reference) -> dict:
+    """The penalty iters / reference per seed, over the seeds where both are finite:
+    geometric mean and its 95 % t-interval (on the log ratio), and the count."""
+    logs = np.array([math.log(a / b) for a, b in zip(iters, reference)
+                     if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0])
+    out = {"n": int(logs.size), "gmean": None, "low": None, "high": None}
+    if logs.size:
+        out["gmean"] = float(math.exp(logs.mean()))
+    if logs.size >= 2:
+        from scipy import stats
+        half = stats.t.ppf(0.975, logs.size - 1) * logs.std(ddof=1) / math.sqrt(logs.size)
+        out["low"], out["high"] = float(math.exp(logs.mean() - half)), float(math.exp(logs.mean() + half))
+    return out
+
+
+def _summarise(results: Sequence[tuple[float, bool]], reference) -> dict:
+    iters = [r[0] for r in results]
+    diverged = sum(r[1] for r in results)
+    return {"iters": iters, "reached": sum(math.isfinite(i) for i in iters),
+            "diverged": diverged, "not_reached": len(iters) - diverged
+            - sum(math.isfinite(i) for i in iters),
+            "ratio": ratio_interval(iters, reference), **_stats(iters)}
 
 
 def penalty(obj: Objective, model, methods: Sequence[str] = METHODS, threads: int | None = None,
@@ -253,22 +359,23 @@ def penalty(obj: Objective, model, methods: Sequence[str] = METHODS, threads: in
 
     Every rule and the sequential baseline (tau = 0, constant alpha) see the
     same minibatch keys and, per seed, the same tau sequence (common random
-    numbers), and run vmapped over seeds in one jitted call per rule.
+    numbers), and run vmapped in one jitted call.
 
     Args:
       obj: the objective; its alpha/epsilon/eval_every are the defaults.
       model: staleness model P (``asgd.staleness``), e.g. Poisson(m - 1).
       methods: names from METHODS.
-      threads: m for FLeet; default round(E[tau]) + 1.
+      threads: m for FLeet and MindTheStep's prior and targets; default round(E[tau]) + 1.
       steps: iterations per run (a multiple of eval_every); runs that do not
         reach epsilon count as inf.
       seeds, seed: number of repetitions and the base seed.
 
     Returns:
-      {"objective", "model", "alpha", "epsilon", "steps", "seeds",
-       "sequential": [iters per seed],
-       "methods": {name: {"iters": [per seed], "ratio": [iters / sequential],
-                          "reached": count, "mean", "std", "ratio_mean", "ratio_std"}}}
+      {"objective", "model", "alpha", "epsilon", "steps", "seeds", "threads",
+       "sequential": [iters per seed], "sequential_stats",
+       "methods": {name: {"iters": [per seed], "reached", "diverged", "not_reached",
+                          "ratio": {"gmean", "low", "high", "n"} (iters / sequential's),
+                          "mean", "std"}}}
       mean/std are over the seeds that reached epsilon (None if none did).
     """
     alpha = obj.alpha if alpha is None else float(alpha)
@@ -278,27 +385,25 @@ def penalty(obj: Objective, model, methods: Sequence[str] = METHODS, threads: in
         raise ValueError(f"steps must be a positive multiple of eval_every ({eval_every}), got {steps}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    for name in methods:
+        if name not in METHODS:
+            raise ValueError(f"unknown step size {name!r}; choose from {list(METHODS)}")
     threads = int(round(model.mean())) + 1 if threads is None else int(threads)
-    taus = sample_taus(model, steps, seeds, seed)
+    raw = sample_taus(model, steps, seeds, seed)
+    ring = ring_size(int(raw.max()))
+    taus = clamped(raw, ring)
     keys = jax.random.split(jax.random.key(seed), seeds)
-    ring = ring_size(int(taus.max()))
-
-    def run(tx, taus):
-        fn = jax.jit(jax.vmap(lambda t, k: injected_sgd(obj, tx, t, k, ring, eval_every)[1]))
-        losses = np.asarray(fn(jnp.asarray(taus), keys))
-        return [iterations_to(l, obj.f_star, epsilon, eval_every) for l in losses]
-
-    seq = run(stepsize.constant(alpha), np.zeros_like(taus))
+    rows = [np.full((seeds, steps), alpha, np.float32)]
+    rows += [alpha * step_sizes(make_stepsize(name, 1.0, threads), taus) for name in methods]
+    row_taus = [np.zeros_like(taus)] + [taus] * len(methods)
+    losses = trajectories(obj, np.stack(rows), np.stack(row_taus), keys, ring, eval_every)
+    results = [[outcome(l, obj.f_star, epsilon, eval_every) for l in row] for row in losses]
+    seq = [r[0] for r in results[0]]
     out = {"objective": obj.name, "model": repr(model), "alpha": alpha, "epsilon": epsilon,
            "steps": steps, "seeds": seeds, "threads": threads, "sequential": seq,
            "sequential_stats": _stats(seq), "methods": {}}
-    for name in methods:
-        iters = run(make_stepsize(name, alpha, model, threads), taus)
-        ratio = [a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.inf
-                 for a, b in zip(iters, seq)]
-        out["methods"][name] = {"iters": iters, "ratio": ratio, **_stats(iters),
-                                **{f"ratio_{k}": v for k, v in _stats(ratio).items()
-                                   if k in ("mean", "std")}}
+    for name, res in zip(methods, results[1:]):
+        out["methods"][name] = _summarise(res, seq)
     return out
 
 
@@ -306,3 +411,111 @@ def _stats(values) -> dict:
     v = np.asarray([x for x in values if math.isfinite(x)], np.float64)
     return {"reached": int(v.size), "mean": float(v.mean()) if v.size else None,
             "std": float(v.std()) if v.size else None}
+
+
+# ------------------------------------------------------------------ sweep ----
+
+# alpha grid for the sequential optimum: the objective's alpha times 2^(k/2).
+ALPHA_GRID = tuple(2.0 ** (k / 2) for k in range(-6, 7))
+MULTIPLES = (1.0, 2.0, 4.0)
+# Per objective: (epsilon, eval_every, steps) of the sweep.
+SWEEP_SETTINGS = {"least_squares": (0.01, 1, 2000), "logistic": (0.03, 1, 2000),
+                  "digits_mlp": (0.05, 10, 2000)}
+
+
+def sequential_optimum(obj: Objective, epsilon: float, eval_every: int, steps: int,
+                       seeds: int, seed: int, grid: Sequence[float] = ALPHA_GRID) -> dict:
+    """alpha* = the alpha of ``obj.alpha * grid`` with the fewest iterations to epsilon
+    for sequential SGD (geometric mean over seeds; every seed must reach it),
+    and its iterations per seed."""
+    keys = jax.random.split(jax.random.key(seed), seeds)
+    alphas = [obj.alpha * g for g in grid]
+    steps_rows = np.stack([np.full((seeds, steps), a, np.float32) for a in alphas])
+    losses = trajectories(obj, steps_rows, np.zeros(steps_rows.shape, np.int32), keys, 1,
+                          eval_every)
+    table = []
+    for a, row in zip(alphas, losses):
+        iters = [outcome(l, obj.f_star, epsilon, eval_every)[0] for l in row]
+        ok = all(math.isfinite(i) and i > 0 for i in iters)
+        table.append({"alpha": a, "iters": iters,
+                      "gmean": float(np.exp(np.mean(np.log(iters)))) if ok else math.inf})
+    best = min(table, key=lambda r: r["gmean"])
+    if not math.isfinite(best["gmean"]):
+        raise ValueError(f"{obj.name}: sequential SGD reaches epsilon={epsilon} in {steps} "
+                         "steps at no alpha of the grid")
+    return {"alpha": best["alpha"], "iters": best["iters"], "grid": table}
+
+
+def sweep(objectives: Sequence[Objective], sources: Sequence[tuple[str, object]],
+          methods: Sequence[str] = RULES, multiples: Sequence[float] = MULTIPLES,
+          seeds: int = 10, seed: int = 0, settings: dict | None = None,
+          progress: Callable[[str], None] | None = None) -> dict:
+    """The penalty grid: every objective x staleness source x alpha multiple x rule.
+
+    For each objective, alpha* is sequential SGD's optimum (``sequential_optimum``);
+    each cell runs every rule at alpha = multiple * alpha* under the source's
+    staleness, and reports iterations to epsilon relative to sequential SGD
+    at alpha* on the same seeds and minibatches (``ratio_interval``: the
+    geometric mean and its 95 % interval), with the seeds that diverged or
+    never reached epsilon. The per-step step sizes of a rule depend only on
+    the tau sequence, so they are computed once per source at alpha = 1 and
+    scaled (every rule here is linear in alpha).
+
+    Args:
+      objectives: the problems.
+      sources: (label, staleness model) pairs; m = round(E tau) + 1.
+      methods: names from METHODS.
+      multiples: alpha / alpha*.
+      seeds, seed: repetitions (the tau sequences and minibatches of seed s
+        are the same for every objective, source-wise, and every rule).
+      settings: objective name -> (epsilon, eval_every, steps); SWEEP_SETTINGS by default.
+
+    Returns:
+      {"seeds", "methods", "multiples", "objectives": {name: {"alpha_star", "epsilon",
+       "steps", "eval_every", "sequential_grid", "sources": {label: {"threads", "mean",
+       "cells": {multiple: {"sequential": summary, method: summary}}}}}}}
+    """
+    settings = SWEEP_SETTINGS if settings is None else settings
+    say = progress or (lambda text: None)
+    horizon = max(settings[o.name][2] for o in objectives)
+    shapes, source_taus = {}, {}
+    for label, model in sources:  # every rule's alpha_t / alpha along each tau sequence
+        threads = int(round(model.mean())) + 1
+        raw = sample_taus(model, horizon, seeds, seed)
+        ring = ring_size(int(raw.max()))
+        taus = clamped(raw, ring)
+        source_taus[label] = (taus, ring, threads, float(model.mean()))
+        shapes[label] = {name: step_sizes(make_stepsize(name, 1.0, threads), taus)
+                         for name in methods}
+        say(f"step sizes: {label}")
+    out = {"seeds": seeds, "seed": seed, "methods": list(methods), "multiples": list(multiples),
+           "objectives": {}}
+    keys = jax.random.split(jax.random.key(seed), seeds)
+    for obj in objectives:
+        epsilon, eval_every, steps = settings[obj.name]
+        best = sequential_optimum(obj, epsilon, eval_every, steps, seeds, seed)
+        reference = best["iters"]
+        entry = {"alpha_star": best["alpha"], "epsilon": epsilon, "eval_every": eval_every,
+                 "steps": steps, "sequential_grid": best["grid"], "sources": {}}
+        say(f"{obj.name}: alpha* = {best['alpha']:.4g}")
+        for label, _ in sources:
+            taus, ring, threads, mean = source_taus[label]
+            taus = taus[:, :steps]
+            cells = {}
+            for multiple in multiples:
+                alpha = multiple * best["alpha"]
+                rows = [np.full((seeds, steps), alpha, np.float32)]
+                rows += [alpha * shapes[label][name][:, :steps] for name in methods]
+                row_taus = [np.zeros_like(taus)] + [taus] * len(methods)
+                losses = trajectories(obj, np.stack(rows), np.stack(row_taus), keys, ring,
+                                      eval_every)
+                results = [[outcome(l, obj.f_star, epsilon, eval_every) for l in row]
+                           for row in losses]
+                cell = {"sequential": _summarise(results[0], reference)}
+                for name, res in zip(methods, results[1:]):
+                    cell[name] = _summarise(res, reference)
+                cells[str(multiple)] = cell
+            entry["sources"][label] = {"threads": threads, "mean": mean, "cells": cells}
+            say(f"{obj.name}: {label}")
+        out["objectives"][obj.name] = entry
+    return out
