@@ -271,6 +271,27 @@ def sweep_markdown(res: dict) -> str:
     return "\n".join(lines).strip() + "\n"
 
 
+def versus_markdown(res: dict, reference: str = "constant") -> str:
+    """Per objective and alpha multiple, how many staleness sources each rule does better,
+    the same or worse than ``reference`` on (``penalty.versus``)."""
+    from asgd.dynamics.penalty import versus
+    rules = [m for m in res["methods"] if m != reference]
+    lines = [f"versus {reference} (staleness sources where the rule is better / the same / "
+             f"worse; neither reaching epsilon on any seed is left out):", "",
+             "| problem | alpha | " + " | ".join(rules) + " |", "|" + "---|" * (len(rules) + 2)]
+    for name, entry in res["objectives"].items():
+        for multiple in res["multiples"]:
+            counts = []
+            for rule in rules:
+                tally = {"better": 0, "same": 0, "worse": 0, "none": 0}
+                for source in entry["sources"].values():
+                    cell = source["cells"][str(float(multiple))]
+                    tally[versus(cell[rule], cell[reference])] += 1
+                counts.append(f"{tally['better']} / {tally['same']} / {tally['worse']}")
+            lines.append(f"| {name} | {multiple:g} alpha* | " + " | ".join(counts) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_sweep(args) -> None:
     from asgd.dynamics import penalty as pen
     import os
@@ -302,6 +323,8 @@ def cmd_sweep(args) -> None:
     except OSError:
         pass
     text = sweep_markdown(res)
+    if "constant" in res["methods"]:
+        text += "\n" + versus_markdown(res)
     print(text)
     print("cells: iterations to epsilon / sequential SGD's at alpha* (the best alpha of a grid), "
           "geometric mean over the seeds that reached epsilon (95% t-interval); 'k/n' when only "
@@ -315,48 +338,59 @@ def cmd_sweep(args) -> None:
 
 
 def _sweep_figure(res: dict, path: str) -> None:
-    """Per objective (columns) and alpha multiple (rows): each rule's penalty per source."""
+    """Per alpha multiple (rows) and objective (columns) a heatmap: rules x staleness
+    sources, coloured by the penalty (log scale); 'div' where every seed failed and
+    some diverged, '-' where none reached epsilon without diverging."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
     names, multiples = list(res["objectives"]), res["multiples"]
-    fig, axes = plt.subplots(len(multiples), len(names), squeeze=False, sharey=True,
-                             figsize=(5.5 * len(names), 3.4 * len(multiples)))
     methods = ["sequential"] + list(res["methods"])
-    colors = plt.get_cmap("tab10")
+    seeds = res["seeds"]
+    n_src = max(len(e["sources"]) for e in res["objectives"].values())
+    fig, axes = plt.subplots(len(multiples), len(names), squeeze=False,
+                             figsize=(0.5 * n_src * len(names) + 2.5,
+                                      (0.32 * len(methods) + 2.0) * len(multiples)),
+                             gridspec_kw={"hspace": 0.75, "wspace": 0.05})
+    norm = LogNorm(vmin=1.0, vmax=32.0)
+    cmap = plt.get_cmap("YlOrRd").with_extremes(bad="#d9d9d9")
+    image = None
     for j, name in enumerate(names):
         entry = res["objectives"][name]
         labels = list(entry["sources"])
         for i, multiple in enumerate(multiples):
             ax = axes[i][j]
-            for k, method in enumerate(methods):
-                xs, ys, lo, hi, failed = [], [], [], [], []
-                for x, label in enumerate(labels):
-                    cell = entry["sources"][label]["cells"][str(float(multiple))][method]
-                    shift = x + (k - len(methods) / 2) * 0.8 / len(methods)
-                    r = cell["ratio"]
-                    if r["gmean"] is None:
-                        failed.append(shift)
-                        continue
-                    xs.append(shift)
-                    ys.append(r["gmean"])
-                    lo.append(r["gmean"] - (r["low"] if r["low"] is not None else r["gmean"]))
-                    hi.append((r["high"] if r["high"] is not None else r["gmean"]) - r["gmean"])
-                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", ms=3, capsize=2, color=colors(k),
-                            label=method if (i, j) == (0, 0) else None)
-                ax.plot(failed, [30.0] * len(failed), "x", color=colors(k), ms=5)
-            ax.set_yscale("log")
-            ax.set_ylim(0.3, 40)
-            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+            grid = np.full((len(methods), len(labels)), np.nan)
+            for x, label in enumerate(labels):
+                cells = entry["sources"][label]["cells"][str(float(multiple))]
+                for y, method in enumerate(methods):
+                    cell = cells[method]
+                    g = cell["ratio"]["gmean"]
+                    if g is not None:
+                        grid[y, x] = min(max(g, 1.0), 32.0)
+                        text = f"{g:.1f}" if g < 10 else f"{g:.0f}"
+                        if cell["reached"] < seeds:
+                            text += f"\n{cell['reached']}/{seeds}"
+                    else:
+                        text = "div" if cell["diverged"] else "-"
+                    dark = g is not None and g > 8
+                    ax.text(x, y, text, ha="center", va="center", fontsize=5,
+                            color="white" if dark else "black")
+            image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto")
             ax.set_xticks(range(len(labels)))
-            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-            ax.set_title(f"{name}, alpha = {multiple:g} alpha*", fontsize=9)
-            if j == 0:
-                ax.set_ylabel("iterations / sequential at alpha*")
-    fig.legend(loc="upper center", ncol=len(methods), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(_parent(path), dpi=110)
-    print(f"plot: {path} (x at the top: no seed reached epsilon)")
+            ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=6)
+            ax.set_yticks(range(len(methods)))
+            ax.set_yticklabels(methods if j == 0 else [], fontsize=6)
+            ax.set_title(f"{name}, alpha = {multiple:g} alpha* = {multiple * entry['alpha_star']:.3g}",
+                         fontsize=8)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01,
+                       ticks=[1, 2, 4, 8, 16, 32])
+    bar.ax.set_yticklabels(["1", "2", "4", "8", "16", ">= 32"])
+    bar.set_label("iterations to eps / sequential SGD's at alpha* (geometric mean)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    fig.savefig(_parent(path), dpi=130, bbox_inches="tight")
+    print(f"plot: {path} (grey: no seed reached epsilon; 'div': some diverged)")
 
 
 # ----------------------------------------------------------------- validate ----

@@ -343,6 +343,29 @@ def ratio_interval(iters, reference) -> dict:
     return out
 
 
+def versus(rule: dict, reference: dict, margin: int = 2) -> str:
+    """"better", "worse", "same" or "none" (neither reached epsilon once): ``rule`` vs
+    ``reference``, two summaries of the same seeds.
+
+    A rule is better if it reached epsilon on at least ``margin`` more seeds, or,
+    on the seeds both reached, the 95 % t-interval of its paired log
+    iteration ratio lies below 0 (worse: the mirror image); else "same".
+    """
+    a, b = rule["iters"], reference["iters"]
+    if rule["reached"] == 0 and reference["reached"] == 0:
+        return "none"
+    if rule["reached"] >= reference["reached"] + margin:
+        return "better"
+    if rule["reached"] <= reference["reached"] - margin:
+        return "worse"
+    r = ratio_interval(a, b)
+    if r["low"] is not None and r["high"] < 1.0:
+        return "better"
+    if r["low"] is not None and r["low"] > 1.0:
+        return "worse"
+    return "same"
+
+
 def _summarise(results: Sequence[tuple[float, bool]], reference) -> dict:
     iters = [r[0] for r in results]
     diverged = sum(r[1] for r in results)
