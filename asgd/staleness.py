@@ -408,11 +408,13 @@ class ConwayMaxwellPoisson(_Model):
         log-likelihood log Z - (log lam, -nu) . mean(s) is convex in them, its
         gradient is E[s] - mean(s) and its Hessian Cov[s] (with the sign of
         the nu row and column flipped in (log lam, nu)). Each Newton step is
-        halved until it is valid (Z computable, nu in [0.01, 50], lam in
-        [1e-8, e^50]) and decreases the likelihood enough (Armijo), so it
-        converges from the Poisson start on long-tailed (nu < 1) and
-        under-dispersed (nu > 1) histograms alike; a quasi-Newton method
-        with a fixed first step leaves the valid region there and gives up.
+        cut to the bounds (nu in [0.01, 50], lam in [1e-8, e^50]; a
+        coordinate at a bound that the gradient pushes beyond is held there)
+        and halved until Z is computable and the likelihood decreases enough
+        (Armijo), so it converges from the Poisson start on long-tailed
+        (nu < 1) and under-dispersed (nu > 1) histograms alike, and stops at
+        the bound when the data are a point mass; a quasi-Newton method with
+        a fixed first step leaves the valid region there and gives up.
         """
         hist = _check_hist(hist)
         n = hist.sum()
@@ -436,21 +438,31 @@ class ConwayMaxwellPoisson(_Model):
         current = objective(x)
         for _ in range(_CMP_FIT_STEPS):
             value, grad, hess = current
-            try:
-                step = -np.linalg.solve(hess + 1e-12 * np.eye(2), grad)
-            except np.linalg.LinAlgError:
-                step = -grad
+            # coordinates held at a bound that the gradient pushes beyond stay there
+            free = ~(((x <= low) & (grad > 0)) | ((x >= high) & (grad < 0)))
+            step = np.zeros(2)
+            if free.all():
+                try:
+                    step = -np.linalg.solve(hess + 1e-12 * np.eye(2), grad)
+                except np.linalg.LinAlgError:
+                    step = -grad
+            elif free.any():
+                i = int(np.flatnonzero(free)[0])
+                step[i] = -grad[i] / max(hess[i, i], 1e-12)
             if not np.all(np.isfinite(step)) or -grad @ step <= 1e-14:
-                break  # the Newton decrement is ~0: converged (or degenerate data)
-            t = 1.0
+                break  # the Newton decrement is ~0: converged (or at the bounds)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                room = np.where(step > 0, (high - x) / step, np.where(step < 0, (low - x) / step,
+                                                                      np.inf))
+            t = min(1.0, float(room.min()))  # the longest step inside the bounds
             for _ in range(60):
-                trial = objective(x + t * step)
+                trial = objective(np.clip(x + t * step, low, high))
                 if trial is not None and trial[0] <= value + 1e-4 * t * (grad @ step):
                     break
                 t *= 0.5
             else:
-                break  # no valid decrease along the step: at the boundary
-            x, current = x + t * step, trial
+                break  # no valid decrease along the step
+            x, current = np.clip(x + t * step, low, high), trial
         return cls(math.exp(x[0]), float(x[1]))
 
 

@@ -276,8 +276,10 @@ def versus_markdown(res: dict, reference: str = "constant") -> str:
     the same or worse than ``reference`` on (``penalty.versus``)."""
     from asgd.dynamics.penalty import versus
     rules = [m for m in res["methods"] if m != reference]
-    lines = [f"versus {reference} (staleness sources where the rule is better / the same / "
-             f"worse; neither reaching epsilon on any seed is left out):", "",
+    lines = [f"versus {reference}: staleness sources where the rule is better / the same / "
+             f"worse (2 more seeds reaching epsilon, or a paired ratio whose 95% interval "
+             f"excludes 1 and whose geometric mean is beyond 10%; sources where neither "
+             f"reached epsilon once are left out):", "",
              "| problem | alpha | " + " | ".join(rules) + " |", "|" + "---|" * (len(rules) + 2)]
     for name, entry in res["objectives"].items():
         for multiple in res["multiples"]:

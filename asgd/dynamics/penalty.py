@@ -343,13 +343,18 @@ def ratio_interval(iters, reference) -> dict:
     return out
 
 
+# versus(): a paired ratio counts as a difference only beyond 10 % either way.
+PRACTICAL = 1.1
+
+
 def versus(rule: dict, reference: dict, margin: int = 2) -> str:
     """"better", "worse", "same" or "none" (neither reached epsilon once): ``rule`` vs
     ``reference``, two summaries of the same seeds.
 
     A rule is better if it reached epsilon on at least ``margin`` more seeds, or,
-    on the seeds both reached, the 95 % t-interval of its paired log
-    iteration ratio lies below 0 (worse: the mirror image); else "same".
+    on the seeds both reached, the 95 % t-interval of its paired iteration
+    ratio lies below 1 and its geometric mean below 1/PRACTICAL (10 % fewer
+    iterations); worse is the mirror image; anything else is "same".
     """
     a, b = rule["iters"], reference["iters"]
     if rule["reached"] == 0 and reference["reached"] == 0:
@@ -359,9 +364,9 @@ def versus(rule: dict, reference: dict, margin: int = 2) -> str:
     if rule["reached"] <= reference["reached"] - margin:
         return "worse"
     r = ratio_interval(a, b)
-    if r["low"] is not None and r["high"] < 1.0:
+    if r["low"] is not None and r["high"] < 1.0 and r["gmean"] < 1.0 / PRACTICAL:
         return "better"
-    if r["low"] is not None and r["low"] > 1.0:
+    if r["low"] is not None and r["low"] > 1.0 and r["gmean"] > PRACTICAL:
         return "worse"
     return "same"
 

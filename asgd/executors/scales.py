@@ -72,7 +72,9 @@ class StalenessSchedule:
     The table is the transform evaluated on a unit scalar gradient for every
     tau = 0..T (one vmapped call); ``check_scale_form`` has made sure that
     this is all of it. ``observe`` advances the transform's state with the tau
-    of applied updates, exactly as if each had gone through ``tx.update``.
+    of applied updates, exactly as if each had gone through ``tx.update``; it
+    is compiled here, so that a run's first poll does not stall the driver
+    (and its metrics) for the seconds that compiling takes.
     Use T equal to the transform's max_staleness so that the last entry means
     tau >= T for both.
     """
@@ -102,6 +104,9 @@ class StalenessSchedule:
         self._advance = jax.jit(advance)
         self.state = tx.init(zero)
         self._table = np.asarray(self._evaluate(self.state), np.float32)
+        if not _frozen(self.state):  # compile observe's scan now, not in a run's first poll
+            idle = np.zeros(self._CHUNK, np.int32)
+            jax.block_until_ready(self._advance(self.state, idle, idle.astype(bool)))
 
     def table(self) -> np.ndarray:
         """float32 [T+1]: the signed multiplier -alpha(tau) of the raw gradient."""
