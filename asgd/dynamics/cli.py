@@ -391,7 +391,7 @@ def _sweep_figure(res: dict, path: str) -> None:
     bar.ax.set_yticklabels(["1", "2", "4", "8", "16", ">= 32"])
     bar.set_label("iterations to eps / sequential SGD's at alpha* (geometric mean)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
-    fig.savefig(_parent(path), dpi=130, bbox_inches="tight")
+    fig.savefig(_parent(path), dpi=100, bbox_inches="tight")
     print(f"plot: {path} (grey: no seed reached epsilon; 'div': some diverged)")
 
 
@@ -501,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--methods", default=",".join(RULES_DEFAULT),
                    help="step-size rules, comma-separated as for penalty (default: constant, "
                         "inverse, fleet, tail_tau and every MindTheStep variant)")
-    w.add_argument("--multiples", type=_float_list, default=[1.0, 2.0, 4.0],
-                   help="alpha / alpha*, comma-separated (default 1,2,4)")
+    w.add_argument("--multiples", type=_float_list, default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                   help="alpha / alpha*, comma-separated (default 0.25,0.5,1,2,4)")
     w.add_argument("--seeds", type=int, default=10, help="repetitions (default 10)")
     w.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     w.add_argument("--steps", type=int, default=0,

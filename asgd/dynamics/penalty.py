@@ -445,7 +445,7 @@ def _stats(values) -> dict:
 
 # alpha grid for the sequential optimum: the objective's alpha times 2^(k/2).
 ALPHA_GRID = tuple(2.0 ** (k / 2) for k in range(-6, 7))
-MULTIPLES = (1.0, 2.0, 4.0)
+MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
 # Per objective: (epsilon, eval_every, steps) of the sweep.
 SWEEP_SETTINGS = {"least_squares": (0.01, 1, 2000), "logistic": (0.03, 1, 2000),
                   "digits_mlp": (0.05, 10, 2000)}
