@@ -24,8 +24,10 @@ def main(argv: list[str]) -> int:
     cfg = parse_config(argv, "configs/default.py", PROG)
     from asgd.executors.base import RunAborted
     try:
-        from asgd.run import execute, parse, restrict_cpus
+        from asgd.run import execute, parse, restrict_cpus, stepsize_warning
         specs = parse(cfg)
+        if warning := stepsize_warning(specs.stepsize):
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         restrict_cpus(specs.cpus)
         summary = execute(specs, cfg.to_dict())
     except ValueError as e:  # bad config values, data, step-size parameters

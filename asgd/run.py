@@ -143,6 +143,35 @@ def stepsize_spec(cfg) -> StepSizeSpec:
     return spec
 
 
+# Where each rule needed more updates than a constant step in the evidence of
+# docs/mindthestep.md (injected-staleness sweep and MNIST runs); alpha* is
+# sequential SGD's best alpha on the same problem. train.py prints the line
+# whenever a rule is picked for a run with staleness: the regime depends on
+# alpha / alpha*, which a run cannot know.
+WORSE_THAN_CONSTANT = {
+    "mindthestep": "it needed as many or more updates than a constant step in docs/mindthestep.md's "
+                   "evidence, except with alpha <= alpha*/2 and mean staleness >= 7; with alpha "
+                   "near alpha* (sequential SGD's best) it was worse and diverged wherever the "
+                   "constant step did",
+    "inverse": "it needed 1.5-15x the updates of a constant step whenever alpha was <= alpha*/2 "
+               "(sequential SGD's best alpha), since it lowers the average step; it wins when "
+               "alpha is too large for the staleness (docs/mindthestep.md)",
+    "fleet": "it needed 1.5-20x the updates of a constant step whenever alpha was <= alpha*/2 "
+             "(sequential SGD's best alpha), since it lowers the average step; it wins when alpha "
+             "is too large for the staleness (docs/mindthestep.md)",
+    "tail_tau": "it needed more updates than a constant step for most staleness models with "
+                "alpha <= alpha*/2 (sequential SGD's best alpha) in docs/mindthestep.md's evidence",
+}
+
+
+def stepsize_warning(spec: StepSizeSpec) -> str | None:
+    """One line for train.py when the run's rule was worse than a constant step in a
+    regime of docs/mindthestep.md; None without staleness (every rule is alpha then)."""
+    if spec.staleness_free or spec.name not in WORSE_THAN_CONSTANT:
+        return None
+    return f"stepsize={spec.name}: {WORSE_THAN_CONSTANT[spec.name]}"
+
+
 def default_config():
     """``configs/default.py``'s config: every train field with its default."""
     from asgd.configs import default

@@ -233,3 +233,37 @@ def test_best_fit_criteria_penalise_parameters_on_one_likelihood():
     assert st.best_fit(hist, criterion="bic")[0] == "poisson"
     with pytest.raises(ValueError, match="criterion"):
         st.best_fit(hist, criterion="r2")
+
+
+# ---------------------------------------------------- the warning, end to end ----
+
+def test_stepsize_warning_names_the_regime_only_where_there_is_staleness():
+    from asgd.run import WORSE_THAN_CONSTANT, stepsize_warning
+    warning = stepsize_warning(spec_of(stepsize="mindthestep", threads=4))
+    assert warning.startswith("stepsize=mindthestep: ") and "\n" not in warning
+    assert "alpha*" in warning and "docs/mindthestep.md" in warning
+    assert stepsize_warning(spec_of(stepsize="mindthestep", algorithm="sync", threads=4)) is None
+    assert stepsize_warning(spec_of(stepsize="inverse", threads=1)) is None
+    assert stepsize_warning(spec_of(stepsize="constant", threads=8)) is None
+    assert set(WORSE_THAN_CONSTANT) == {"mindthestep", "inverse", "fleet", "tail_tau"}
+
+
+def test_train_py_warns_once_and_reports_the_cap_share_and_the_fit(tmp_path):
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/default.py", "--config.quiet=True",
+         f"--config.workdir={tmp_path}", "--config.stepsize=mindthestep", "--config.threads=2",
+         "--config.num_updates=300", "--config.eval_every=300", "--noprint_summary"],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "stepsize=mindthestep" in warnings[0]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0.0 <= summary["stepsize_at_cap_share"] <= 1.0
+    assert summary["stepsize_cap_step"] == pytest.approx(2.0 * 0.05)
+    fit = summary["stepsize_fit"]
+    assert fit["refits"] >= 2 and fit["best_by_aic"] in ("geometric", "poisson", "cmp")
+    assert max(summary["alpha_table"]) <= 2.0 * 0.05 * (1 + 1e-6)
