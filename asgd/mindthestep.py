@@ -211,11 +211,11 @@ def table(alpha: float, model, target, cap: float = CAP,
     Raises:
       ValueError: bad arguments, or a target with no mass on some bin.
 
-    Example (Poisson(1) and uniform(3), cap 10: P's bulk is [0, 3]; the
-    steps are alpha Q/P = alpha e / (4 tau!) up to tau = 2, then the pooled
-    tau >= 3 gets alpha Q(3)/P(T >= 3)):
+    Example (Poisson(1) and uniform(3), cap 10: P's bulk is [0, 4] and the
+    target ends at 3, so the steps are alpha Q/P = alpha e tau! / 4 up to
+    tau = 2 and the pooled tau >= 3 get alpha Q(3) / P(T >= 3)):
       >>> table(0.1, st.Poisson(1.0), uniform(3), cap=10.0, max_staleness=4)
-      array([0.06795705, 0.06795705, 0.13591409, 0.31376455, 0.31376455])
+      array([0.06795705, 0.06795705, 0.13591409, 0.31132709, 0.31132709])
     """
     alpha = check_alpha(alpha)
     cap = check_cap(cap)

@@ -70,7 +70,7 @@ def main():
     sys.path.insert(0, REPO)
     from asgd import metrics
     from asgd.configs import mnist_mlp
-    from asgd.dynamics.penalty import ratio_interval
+    from asgd.dynamics.penalty import ratio_interval, versus
     from asgd.problem import make_problem
     from asgd.run import ConfigError, execute, parse
 
@@ -116,6 +116,12 @@ def main():
     report = {"algorithm": args.algorithm, "updates": args.updates, "seeds": args.seeds,
               "targets": args.targets, "load_average_during": loads, "cells": []}
     lines = []
+
+    def outcome(algorithm, m, rule, alpha, eps):
+        iters = [updates_to(runs[(algorithm, m, rule, alpha, s)].rows, eps)
+                 for s in range(args.seeds)]
+        return {"iters": iters, "reached": sum(math.isfinite(x) for x in iters)}
+
     for eps in args.targets:
         lines += ["", f"updates to training loss {eps} (median over the seeds that reached it; "
                       f"ratio to sequential SGD at the same alpha and seed, geometric mean "
@@ -153,11 +159,24 @@ def main():
                                 for r in rs]})
                 lines.append(f"| {alpha:g} | {m} | {np.mean(taus):.2f} | {seq_text} | "
                              + " | ".join(cells) + " |")
+    if "constant" in rules:
+        others = [r for r in rules if r != "constant"]
+        lines += ["", "versus constant, same seeds (better / same / worse: 2 more seeds reaching "
+                      "eps, or a paired ratio whose 95% interval excludes 1 and whose geometric "
+                      "mean is beyond 10%; none: neither reached eps)", "",
+                  "| eps | alpha | m | " + " | ".join(others) + " |",
+                  "|" + "---|" * (3 + len(others))]
+        for eps in args.targets:
+            for alpha in args.alphas:
+                for m in args.threads:
+                    ref = outcome(args.algorithm, m, "constant", alpha, eps)
+                    marks = [versus(outcome(args.algorithm, m, r, alpha, eps), ref) for r in others]
+                    lines.append(f"| {eps:g} | {alpha:g} | {m} | " + " | ".join(marks) + " |")
     text = "\n".join(lines).strip() + "\n"
     print(text)
     load = os.getloadavg()
-    print(f"load average now: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; during the runs: "
-          f"{np.mean(loads) if loads else float('nan'):.1f} on average")
+    during = f"{np.mean(loads):.1f} on average" if loads else "(every run was already there)"
+    print(f"load average now: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; during the runs: {during}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "stepsize_runs.md"), "w") as f:
         f.write(text)

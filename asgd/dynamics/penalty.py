@@ -8,10 +8,16 @@ sequential loop runs
 
 keeping the last K iterates in a ring buffer (tau_t > t reads theta_0, i.e.
 tau is clamped to t). alpha(tau) comes from the ``asgd.stepsize`` transforms
-(``tx.update(g, state, theta, staleness=tau)``), so TAIL-tau learns its CDF
-online exactly as in a real run. The penalty of a step-size rule under P is
-the number of iterations to reach epsilon compared with sequential SGD
-(tau = 0, constant alpha) on the same minibatch sequence.
+built as train.py builds them (``make_stepsize``), so TAIL-tau learns its CDF
+and MindTheStep fits its model online exactly as in a real run. Every step
+size here is s(tau) g with a state that does not depend on g, so a rule is
+run as its per-step step sizes along the tau sequence (``step_sizes``), bit
+for bit the same iterates, and all rules share one compiled, vmapped loop
+(``trajectories``). The penalty of a step-size rule under P is the number of
+iterations to reach epsilon compared with sequential SGD (tau = 0, constant
+alpha) on the same minibatch sequence: ``penalty`` for one objective and P,
+``sweep`` for the grid of docs/mindthestep.md (objectives x staleness
+sources x alpha / alpha*, relative to sequential SGD at its best alpha*).
 
 Objectives (cheap, jit-friendly, flat float32 parameters):
   least_squares  f = 1/(2n) ||A x - b||^2, optimum by lstsq
