@@ -149,17 +149,17 @@ def stepsize_spec(cfg) -> StepSizeSpec:
 # whenever a rule is picked for a run with staleness: the regime depends on
 # alpha / alpha*, which a run cannot know.
 WORSE_THAN_CONSTANT = {
-    "mindthestep": "it needed as many or more updates than a constant step in docs/mindthestep.md's "
-                   "evidence, except with alpha <= alpha*/2 and mean staleness >= 7; with alpha "
-                   "near alpha* (sequential SGD's best) it was worse and diverged wherever the "
-                   "constant step did",
-    "inverse": "it needed 1.5-15x the updates of a constant step whenever alpha was <= alpha*/2 "
-               "(sequential SGD's best alpha), since it lowers the average step; it wins when "
-               "alpha is too large for the staleness (docs/mindthestep.md)",
-    "fleet": "it needed 1.5-20x the updates of a constant step whenever alpha was <= alpha*/2 "
-             "(sequential SGD's best alpha), since it lowers the average step; it wins when alpha "
-             "is too large for the staleness (docs/mindthestep.md)",
-    "tail_tau": "it needed more updates than a constant step for most staleness models with "
+    "mindthestep": "it was the same as or worse than a constant step in docs/mindthestep.md's "
+                   "evidence with alpha >= alpha* (sequential SGD's best alpha), diverging wherever "
+                   "the constant step did, and better only with alpha <= alpha*/2 where a constant "
+                   "step was near its stale-stability limit",
+    "inverse": "it needed 1.3-10x the updates of a constant step (or never got there) whenever "
+               "alpha was <= alpha*/2 (sequential SGD's best alpha): it lowers the average step; "
+               "it wins when alpha is too large for the staleness (docs/mindthestep.md)",
+    "fleet": "it needed 1.3-7x the updates of a constant step (or never got there) whenever "
+             "alpha was <= alpha*/2 (sequential SGD's best alpha): it lowers the average step; "
+             "it wins when alpha is too large for the staleness (docs/mindthestep.md)",
+    "tail_tau": "it needed about 1.1x (up to 1.3x) the updates of a constant step with "
                 "alpha <= alpha*/2 (sequential SGD's best alpha) in docs/mindthestep.md's evidence",
 }
 
