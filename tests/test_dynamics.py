@@ -230,9 +230,9 @@ def test_penalty_diverges_with_large_staleness_and_constant_step(lsq):
 def test_precomputed_step_sizes_are_what_the_transform_applies(lsq):
     """The sweep runs each rule as its per-step step sizes along the tau sequence:
     bit for bit the transform's own updates, online learning (TAIL-tau, MindTheStep) included."""
-    taus = pen.clamped(st.Poisson(3.0).sample(0, 400)[None], 16)
+    taus = pen.clamped(st.Poisson(3.0).sample(0, 250)[None], 16)
     key = jax.random.key(3)
-    for name in ("inverse", "tail_tau", "mindthestep", "mindthestep:uniform"):
+    for name in ("tail_tau", "mindthestep"):
         tx = pen.make_stepsize(name, 0.1, 4)
         direct, _ = pen.injected_sgd(lsq, tx, jnp.asarray(taus[0]), key, 16, 1)
         steps = pen.step_sizes(tx, taus)
