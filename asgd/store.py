@@ -78,11 +78,15 @@ def available() -> bool:
 
 
 def build_info() -> dict:
-    """How the C kernel was built: {"compiler", "cflags", "vector"} (the widest
-    vector instruction set the compiler was allowed)."""
+    """How the C kernel was built and what it runs here: {"compiler", "cflags",
+    "vector" (the widest vector set of the baseline build), "clones" (the sets
+    the element loops were also compiled for, e.g. "avx512f,avx2,default", or
+    "none"), "dispatch" (the clone this CPU runs, or "none")}."""
     _need_lib()
     text = _ffi.string(_lib.pstore_build_info()).decode()
-    return dict(item.split("=", 1) for item in text.split(";"))
+    info = dict(item.split("=", 1) for item in text.split(";"))
+    info["dispatch"] = _ffi.string(_lib.pstore_dispatch()).decode()
+    return info
 
 
 def _need_lib():

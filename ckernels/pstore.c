@@ -150,6 +150,7 @@ struct pstore {
 #ifndef PSTORE_CFLAGS
 #define PSTORE_CFLAGS "unknown"
 #endif
+/* the widest vector set the compiler may use everywhere (the baseline) */
 #if defined(__AVX512F__)
 #define PSTORE_VECTOR "avx512f"
 #elif defined(__AVX2__)
@@ -160,8 +161,41 @@ struct pstore {
 #define PSTORE_VECTOR "none"
 #endif
 
+/* Run-time dispatch of the vector kernels. The element loops below are
+ * compiled three times (GCC/Clang target_clones): for AVX-512F, AVX2 and the
+ * baseline the rest of the file is built for; the dynamic loader picks one per
+ * function once, by the CPU it runs on (an ifunc resolver), so one binary runs
+ * on any x86-64 and uses AVX-512 where the CPU has it. Left out when the
+ * baseline is already AVX-512 (e.g. -march=native on such a CPU: nothing wider
+ * to dispatch to), off x86-64 or ELF, and with -DPSTORE_NO_CLONES. */
+#if defined(__has_attribute) && !defined(PSTORE_NO_CLONES) && \
+    defined(__x86_64__) && defined(__ELF__) && !defined(__AVX512F__)
+#if __has_attribute(target_clones)
+#define PSTORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PSTORE_CLONE_LIST "avx512f,avx2,default"
+#define PSTORE_HAVE_CLONES 1
+#endif
+#endif
+#ifndef PSTORE_CLONES
+#define PSTORE_CLONES
+#define PSTORE_CLONE_LIST "none"
+#endif
+
 const char *pstore_build_info(void) {
-    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR;
+    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR
+           ";clones=" PSTORE_CLONE_LIST;
+}
+
+const char *pstore_dispatch(void) {
+#ifdef PSTORE_HAVE_CLONES
+    /* the resolver's rule: the first clone, in this order, the CPU supports */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (__builtin_cpu_supports("avx2")) return "avx2";
+    return "default";
+#else
+    return "none";
+#endif
 }
 
 const char *pstore_strerror(int code) {
@@ -179,13 +213,13 @@ const char *pstore_strerror(int code) {
 /* ------------------------------------------------------------------------ */
 /* kernels                                                                   */
 
-static void copy_axpy(float *restrict y, const float *restrict x,
+PSTORE_CLONES static void copy_axpy(float *restrict y, const float *restrict x,
                       const float *restrict u, float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] = x[i] + s * u[i];
 }
 
-static void axpy_private(float *restrict y, const float *restrict u, float s,
+PSTORE_CLONES static void axpy_private(float *restrict y, const float *restrict u, float s,
                          int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
@@ -195,13 +229,13 @@ static void axpy_private(float *restrict y, const float *restrict u, float s,
  * Aligned float loads/stores do not tear on the targets we build for; what
  * may happen is a lost update of an element (two threads read the same old
  * value), which is what Hogwild! accepts. */
-PSTORE_RACY static void axpy_racy(float *restrict y, const float *restrict u,
+PSTORE_RACY PSTORE_CLONES static void axpy_racy(float *restrict y, const float *restrict u,
                                   float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
 }
 
-PSTORE_RACY static void copy_racy(float *restrict dst, const float *restrict src,
+PSTORE_RACY PSTORE_CLONES static void copy_racy(float *restrict dst, const float *restrict src,
                                   int64_t n) {
     /* a loop, not memcpy: the sanitizer intercepts memcpy */
 #pragma omp simd

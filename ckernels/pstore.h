@@ -156,8 +156,14 @@ void pstore_ref_memcpy_axpy(float *y, const float *x, const float *u, float s, i
 
 const char *pstore_strerror(int code);
 
-/* How this library was built: "compiler=...;cflags=...;vector=..." (static string). */
+/* How this library was built: "compiler=...;cflags=...;vector=...;clones=..."
+ * (static string): vector is the widest vector set of the baseline build,
+ * clones the instruction sets the element loops were also compiled for
+ * ("avx512f,avx2,default", or "none" without run-time dispatch). */
 const char *pstore_build_info(void);
+/* The clone the element loops run on this CPU ("avx512f", "avx2", "default"),
+ * or "none" when the build has no clones (static string). */
+const char *pstore_dispatch(void);
 
 #ifdef __cplusplus
 }

@@ -490,10 +490,3 @@ def test_c_stress_short_plain_and_under_sanitizers(target):
     assert "WARNING: ThreadSanitizer" not in r.stdout + r.stderr
     assert "ERROR: AddressSanitizer" not in r.stdout + r.stderr
     assert "runtime error" not in r.stdout + r.stderr
-
-
-def test_build_info_names_the_compiler_flags_and_vector_set():
-    from asgd.store import build_info
-    info = build_info()
-    assert set(info) == {"compiler", "cflags", "vector"}
-    assert "-O" in info["cflags"] and info["vector"] in ("avx512f", "avx2", "sse2", "none")
