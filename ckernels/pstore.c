@@ -271,11 +271,10 @@ static inline void cnt_add(_Atomic int64_t *c, int64_t v) {
     atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
-static void live_inc(pstore *s) {
-    int64_t l = atomic_fetch_add_explicit(&s->live, 1, memory_order_relaxed) + 1;
+static void peak_raise(pstore *s, int64_t v) {
     int64_t p = atomic_load_explicit(&s->peak_live, memory_order_relaxed);
-    while (l > p && !atomic_compare_exchange_weak_explicit(
-                        &s->peak_live, &p, l, memory_order_relaxed,
+    while (v > p && !atomic_compare_exchange_weak_explicit(
+                        &s->peak_live, &p, v, memory_order_relaxed,
                         memory_order_relaxed)) {
     }
 }
@@ -339,9 +338,14 @@ static int32_t alloc_buffer(pstore *s) {
  * buffer becomes PRIVATE to the caller. Returns index or error (<0). */
 static int32_t take_buffer(pstore *s) {
     /* live is counted up before the buffer is taken and down after it is
-     * pushed back, so it never under-counts the buffers not on the stack:
-     * peak_live >= allocated, and peak_live obeys the same memory bound. */
-    live_inc(s);
+     * pushed back, so it never under-counts the buffers not on the stack; it
+     * may also count takers that have not got a buffer yet (some of which
+     * fail at the cap), so the peak is not taken from it.
+     * Invariant P: peak_live = allocated once the allocating call returns. A
+     * buffer is allocated only when the free stack is empty, i.e. when every
+     * allocated buffer is out at once, so the allocated count is the peak of
+     * buffers out of the pool; a failed allocation changes neither. */
+    cnt_add(&s->live, 1);
     int32_t i = pool_pop(s);
     if (i < 0) {
         i = alloc_buffer(s);
@@ -349,6 +353,7 @@ static int32_t take_buffer(pstore *s) {
             cnt_add(&s->live, -1);
             return i;
         }
+        peak_raise(s, (int64_t)i + 1); /* nalloc after this allocation */
     }
     atomic_fetch_add_explicit(&s->bufs[i].generation, 1, memory_order_relaxed);
     atomic_store_explicit(&s->bufs[i].rc, 0, memory_order_relaxed);
@@ -447,7 +452,16 @@ int pstore_close(pstore *s, int32_t free_memory) {
     /* keep_memory is set before closed, so try_free (which runs only after
      * drained, set after closed) always sees it */
     if (!free_memory) atomic_store(&s->keep_memory, 1);
-    if (atomic_exchange(&s->closed, 1)) { /* already closed: idempotent */
+    if (atomic_exchange(&s->closed, 1)) {
+        /* Already closed: this call decides again. Lifting the keep frees the
+         * buffers now if nothing is held (else at the last release). Setting
+         * it again after close is safe only while the caller holds a reference
+         * (held > 0 keeps every try_free from passing its check until that
+         * reference is released, which happens after this store). */
+        if (free_memory) {
+            atomic_store(&s->keep_memory, 0);
+            try_free(s);
+        }
         op_exit(s);
         return PSTORE_OK;
     }
@@ -855,5 +869,6 @@ int pstore_get_stats(pstore *s, pstore_stats *st) {
     st->dropped = atomic_load(&s->dropped);
     st->held = atomic_load(&s->held);
     st->acquires = atomic_load(&s->acquires);
+    st->freed = atomic_load(&s->freed);
     return PSTORE_OK;
 }
