@@ -147,7 +147,7 @@ def test_leashed_with_mindthestep_trains(config, train):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"threads": 0}, "threads must be in"),
+    ({"threads": -1}, "threads must be in"),
     ({"threads": 10_000}, "threads must be in"),
     ({"persistence": -2}, "persistence must be"),
     ({"batch_size": 100_000}, "larger than the training set"),

@@ -145,8 +145,8 @@ def test_an_unreachable_address_fails_within_seconds(config):
 
 
 def test_bad_input_gives_one_line_errors(config, monkeypatch):
-    with pytest.raises(ConfigError, match=r"threads \(Ray worker actors\) must be in 1\.\.256, got 0"):
-        parse(on_ray(config, "leashed", threads=0))
+    with pytest.raises(ConfigError, match=r"threads \(Ray worker actors\) must be in 1\.\.256 .*got -1"):
+        parse(on_ray(config, "leashed", threads=-1))
     with pytest.raises(RayBackendError, match="runs .* not 'sequential'"):
         parse(on_ray(config, "sequential", threads=1))
     with pytest.raises(ConfigError, match="unknown backend"):
