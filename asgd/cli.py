@@ -185,15 +185,10 @@ def field_docs(path: str) -> dict[str, str]:
 def print_help(prog: str, doc: str, value: str, flag_values: flags.FlagValues) -> None:
     """Usage, the command's flags and every field of the config ``value`` names."""
     path = value.partition(":")[0]
-    try:
-        config = load_config(value)
-    except CliError as e:
-        config = None
-        fields_note = f"  (cannot list the fields: {e})"
-    docs = field_docs(path)
     print(doc.strip() or f"usage: {prog} [--config=PATH] [--config.FIELD=VALUE ...]")
-    print(f"\nflags:\n  --config=PATH[:ARG]\n      a config file defining get_config() (default here: {path});"
-          f"\n      a relative path that does not exist is looked up in {os.path.dirname(installed_config('default.py'))}")
+    print(f"\nflags:\n  --config=PATH[:ARG]\n      a config file defining get_config() (here: {path});"
+          f"\n      a relative path that does not exist is looked up in "
+          f"{os.path.dirname(installed_config('default.py'))}")
     for name in sorted(flag_values):
         if name == "config":
             continue
@@ -201,9 +196,12 @@ def print_help(prog: str, doc: str, value: str, flag_values: flags.FlagValues) -
         form = f"--[no]{name}" if isinstance(flag, flags.BooleanFlag) else f"--{name}=VALUE"
         print(f"  {form}\n      {flag.help} (default: {flag.default})")
     print("  --config.FIELD=VALUE\n      override one field of the config; its fields and defaults:")
-    if config is None:
-        print(fields_note)
+    try:
+        config = load_config(value)
+    except CliError as e:
+        print(f"      (cannot list them: {e})")
         return
+    docs = field_docs(path)
     order = {key: i for i, key in enumerate(docs)}  # the file's order, then the rest
     for key, item in sorted(config.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
         if isinstance(item, config_dict.ConfigDict):
