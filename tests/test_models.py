@@ -56,8 +56,8 @@ def enable_x64():
     """jax.enable_x64(True), or on older jax (before the top-level name) the experimental one."""
     if hasattr(jax, "enable_x64"):
         return jax.enable_x64(True)
-    import jax.experimental
-    return jax.experimental.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64
+    return experimental_enable_x64(True)
 
 
 def test_gradient_matches_finite_differences_in_float64():
