@@ -184,8 +184,10 @@ def field_docs(path: str) -> dict[str, str]:
 
 def print_help(prog: str, doc: str, value: str, flag_values: flags.FlagValues) -> None:
     """Usage, the command's flags and every field of the config ``value`` names."""
+    import asgd
     path = value.partition(":")[0]
     print(doc.strip() or f"usage: {prog} [--config=PATH] [--config.FIELD=VALUE ...]")
+    print(f"\nasgd {asgd.__version__} from {os.path.dirname(os.path.abspath(asgd.__file__))}")
     print(f"\nflags:\n  --config=PATH[:ARG]\n      a config file defining get_config() (here: {path});"
           f"\n      a relative path that does not exist is looked up in "
           f"{os.path.dirname(installed_config('default.py'))}")

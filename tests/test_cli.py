@@ -154,6 +154,17 @@ def test_help_works_on_every_entry_point(tmp_path, command):
         assert "--config.FIELD=VALUE" in proc.stdout and "batch_size = 32  # minibatch size" in proc.stdout
 
 
+def test_train_py_runs_the_asgd_of_its_python_not_the_checkout_beside_it(tmp_path):
+    # With an editable install both are the checkout; with an installed wheel
+    # (.ci/test-installed) the checkout's asgd/ must not shadow it.
+    import asgd
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--help"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"asgd {asgd.__version__} from {os.path.dirname(os.path.abspath(asgd.__file__))}\n" \
+        in proc.stdout
+
+
 def test_train_py_from_another_folder_finds_the_default_config(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--config.quiet=True",
                            "--config.num_updates=50", f"--config.workdir={tmp_path}"],
