@@ -79,6 +79,7 @@ class ExecutorSpec:
     batch_size: int
     seed: int                # minibatch order
     ray: RaySpec | None      # None: threads over shared memory
+    worker: str = "compiled"  # compiled: the whole worker loop in XLA | python: a Python loop
 
 
 @dataclasses.dataclass(frozen=True)

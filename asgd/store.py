@@ -77,6 +77,13 @@ def available() -> bool:
     return _lib is not None
 
 
+def native():
+    """(ffi, lib) of the compiled kernel, for the other C objects it holds
+    (tickets and workers, ckernels/pworker.h)."""
+    _need_lib()
+    return _ffi, _lib
+
+
 def build_info() -> dict:
     """How the C kernel was built: {"compiler", "cflags", "vector"} (the widest
     vector instruction set the compiler was allowed)."""
