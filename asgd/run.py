@@ -79,6 +79,8 @@ def parse(cfg) -> Specs:
     if cfg.stepsize == "dc_asgd" and cfg.algorithm not in ("sequential", "leashed"):
         raise ConfigError("stepsize 'dc_asgd' needs each update's theta_now - theta_read, which "
                           "the sequential and leashed executors provide; use one of those")
+    if cfg.worker not in ("compiled", "python"):
+        raise ConfigError(f"unknown worker {cfg.worker!r}; choose 'compiled' or 'python'")
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
     if not (0 < cfg.learning_rate <= FLOAT32_MAX and math.isfinite(cfg.learning_rate)):
@@ -114,7 +116,7 @@ def parse(cfg) -> Specs:
         stepsize=stepsize,
         executor=ExecutorSpec(cfg.algorithm, int(threads),
                               int(cfg.persistence) if cfg.algorithm == "leashed" else -1,
-                              int(cfg.batch_size), int(cfg.seed), ray),
+                              int(cfg.batch_size), int(cfg.seed), ray, cfg.worker),
         run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
                     _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
                     run_name(cfg)),

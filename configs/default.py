@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.threads = 2                 # worker threads m (backend ray: worker actors)
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
     c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+    c.worker = "compiled"         # compiled: each worker's whole loop inside one XLA computation (no Python
+                                  # per step) | python: a Python loop per step (DC-ASGD and sync always are)
 
     # Where the workers run (see docs/ray.md).
     c.backend = "local"           # local: threads over shared memory | ray: worker actors + a parameter-server actor
