@@ -120,7 +120,7 @@ def parse(cfg) -> Specs:
         run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
                     _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
                     run_name(cfg)),
-        cpus=_integer("cpus", cfg.cpus, 0))
+        cpus=_integer("cpus", cfg.cpus, -1))
 
 
 def stepsize_spec(cfg) -> StepSizeSpec:
@@ -180,14 +180,30 @@ def train(cfg, run_dir: str | None = None, problem=None) -> dict:
     return execute(parse(cfg), cfg.to_dict(), run_dir, problem)
 
 
-def restrict_cpus(count: int) -> None:
-    """Pin the process to ``count`` CPUs (0: leave it) before JAX starts its thread pools.
+def pin_process(specs: Specs) -> None:
+    """Apply ``cpus`` to this process (the run's own), before JAX starts.
 
-    XLA sizes its intra-op pools from the allowed CPUs, so this is the knob
-    that makes m workers occupy about m cores (XLA flags did not).
+    With the Ray backend the workers are other processes: only an explicit
+    count pins the driver.
     """
+    if specs.executor.ray is None or specs.cpus > 0:
+        restrict_cpus(specs.cpus, specs.executor.threads)
+
+
+def restrict_cpus(count: int, threads: int = 1) -> None:
+    """Pin the process to ``count`` CPUs before JAX starts its thread pools.
+
+    -1: one per worker, min(threads, available); 0: leave the process as it is.
+    XLA runs a computation on its own intra-op pool, sized from the CPUs the
+    process may use when JAX starts: with as many CPUs as workers, each of the
+    m concurrent gradients gets a core, while a lone gradient on a wider pool
+    is split over the cores, which is slower for small models (XLA flags did
+    not change that; the affinity does).
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if count == -1:
+        count = min(threads, len(allowed))
     if count:
-        allowed = sorted(os.sched_getaffinity(0))
         if count > len(allowed):
             raise ConfigError(f"cpus={count} but only {len(allowed)} CPUs are available")
         os.sched_setaffinity(0, allowed[:count])

@@ -104,4 +104,4 @@ class Specs:
     stepsize: StepSizeSpec
     executor: ExecutorSpec
     run: RunSpec
-    cpus: int                # pin the process to this many CPUs (0 = all)
+    cpus: int                # pin the process to this many CPUs (-1 = one per worker, 0 = all)

@@ -23,7 +23,9 @@ rate during the run is compared with its rate alone (on 2 cores at m = 1 the
 canary has a core of its own, so what it loses is time the GIL was held by
 others); GIL us/step = (1 - rate_during / rate_alone) * wall / steps. It
 counts every holder (worker threads and the monitor), so it is an upper
-bound of the workers' own share. Peak RSS of the process is printed last.
+bound of the workers' own share. For the compiled loop, "Python us/step" is
+the workers' own wall time outside the compiled loop per step (the most they
+can hold the GIL). Peak RSS of each process is printed last.
 
 ``--cpus``: pin the process before JAX starts: ``auto`` = m CPUs (one core
 per worker; XLA sizes its intra-op pool from the allowed CPUs, and at m = 1
@@ -155,6 +157,7 @@ def cell(args) -> list[dict]:
                         for w in ("compiled", "python")]
             results = {v: [] for v in ["ceiling", *variants]}
             gil = {w: [] for w in ("compiled", "python")}
+            outside = {v: [] for v in variants}
             canary = Canary()
             for _ in range(args.rounds):
                 results["ceiling"].append(ceiling_rate(problem, batch, m, args.seconds))
@@ -173,6 +176,9 @@ def cell(args) -> list[dict]:
                     else:
                         go()
                     results[(algorithm, worker)].append(summary["updates_per_s"])
+                    if "worker_python_s" in summary:
+                        outside[(algorithm, worker)].append(
+                            1e6 * sum(summary["worker_python_s"]) / max(summary["updates"], 1))
             ceiling = statistics.median(results["ceiling"])
             for key, rates in results.items():
                 row = {"b": batch, "m": m, "variant": key if key == "ceiling" else "/".join(key),
@@ -181,6 +187,8 @@ def cell(args) -> list[dict]:
                        "ceiling": ceiling}
                 if key != "ceiling" and key[0] == "leashed" and gil[key[1]]:
                     row["gil_us_per_step"] = statistics.median(gil[key[1]])
+                if key != "ceiling" and outside[key]:
+                    row["python_us_per_step"] = statistics.median(outside[key])
                 rows.append(row)
     import resource
     rows.append({"m": m, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
@@ -209,12 +217,14 @@ def main(argv=None) -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
         rows += json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'b':>4} {'m':>2}  {'variant':<22} {'steps/s':>9} {'/ ceiling':>9} {'GIL us/step':>11}")
+    print(f"{'b':>4} {'m':>2}  {'variant':<22} {'steps/s':>9} {'/ ceiling':>9} "
+          f"{'GIL us/step':>11} {'Python us/step':>14}")
     for r in rows:
         if "variant" in r:
-            gil = f"{r['gil_us_per_step']:.1f}" if "gil_us_per_step" in r else ""
+            gil = f"{r['gil_us_per_step']:.2f}" if "gil_us_per_step" in r else ""
+            py = f"{r['python_us_per_step']:.3f}" if "python_us_per_step" in r else ""
             print(f"{r['b']:>4} {r['m']:>2}  {r['variant']:<22} {r['steps_per_s']:>9.0f} "
-                  f"{r['ratio']:>9.2f} {gil:>11}")
+                  f"{r['ratio']:>9.2f} {gil:>11} {py:>14}")
         else:
             print(f"peak RSS (m={r['m']} process): {r['peak_rss_mb']:.0f} MB")
     load = os.getloadavg()

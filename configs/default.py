@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
     c.threads = 2                 # worker threads m (backend ray: worker actors)
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
-    c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+    c.cpus = -1                   # pin the process to this many CPUs before JAX starts: -1 = one per worker
+                                  # (min(threads, available)), 0 = all allowed, N = N
     c.worker = "compiled"         # compiled: each worker's whole loop inside one XLA computation (no Python
                                   # per step) | python: a Python loop per step (DC-ASGD and sync always are)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
+import time
 from typing import NamedTuple
 
 import jax
@@ -225,6 +225,7 @@ class CompiledWorker:
         self.store, self.tickets = store, tickets   # the C worker uses them: keep them alive
         self.log = CompiledLog(self._ffi, self._lib, self.handle, capacity)
         self.window: Window | None = None
+        self.python_s = 0.0     # wall time of its thread outside the compiled loop
 
     def _table(self, scales: np.ndarray):
         if scales.dtype != np.float32 or not scales.flags.c_contiguous:
@@ -256,17 +257,30 @@ def window_epochs(per_epoch: int, max_batches: int) -> int:
 
 def worker_thread(loop, worker: CompiledWorker, batches: Batches, epochs: int,
                   train_x, train_y) -> None:
-    """Call the compiled loop until the run stops; grow records and move windows between calls."""
+    """Call the compiled loop until the run stops; grow records and move windows between calls.
+
+    ``worker.python_s`` adds up the wall time this thread spends outside the
+    compiled loop (Python, so at most the time it can hold the GIL).
+    """
+    clock = time.perf_counter
+    began = clock()
     worker.move_window(batches, epochs)
-    while True:
-        meta = np.asarray(loop(worker.ctx, train_x, train_y, worker.window.perms,
-                               np.int32(worker.window.first_epoch)))
-        if meta[0] == STOP:
-            return
-        if worker.log.full():
-            worker.log.grow(2 * worker.log.capacity)
-        else:
-            worker.move_window(batches, epochs)
+    inside = 0.0
+    try:
+        while True:
+            entered = clock()
+            meta = loop(worker.ctx, train_x, train_y, worker.window.perms,
+                        np.int32(worker.window.first_epoch))
+            status = int(meta[0])    # waits for the loop: the GIL is released meanwhile
+            inside += clock() - entered
+            if status == STOP:
+                return
+            if worker.log.full():
+                worker.log.grow(2 * worker.log.capacity)
+            else:
+                worker.move_window(batches, epochs)
+    finally:
+        worker.python_s = clock() - began - inside
 
 
 def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
@@ -284,7 +298,9 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> 
     scales = ScaleController(scale_schedule, logs)
     monitor = Monitor(run_spec, {"algorithm": spec.algorithm, "threads": spec.threads},
                       problem.evaluate, store, tickets, logs, writer, max_batches,
-                      parts=[scales.summary])
+                      parts=[scales.summary, lambda: {
+                          "worker": "compiled",
+                          "worker_python_s": [w.python_s for w in workers]}])
 
     def refresh_scales():
         if scales.poll():
