@@ -14,8 +14,8 @@ import math
 import os
 
 from asgd import data, executors, metrics, models, rules
-from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, RaySpec, RunSpec, Specs, StepSizeSpec,
-                        StopSpec)
+from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, OptimizerSpec, RaySpec, RunSpec, Specs,
+                        StepSizeSpec, StopSpec)
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -100,6 +100,14 @@ def parse(cfg) -> Specs:
     if backend == "ray":
         ray = _ray_spec(cfg)
     stepsize = stepsize_spec(cfg)
+    optimizer = optimizer_spec(cfg)
+    if optimizer.name != "sgd":
+        if backend == "ray" or cfg.stepsize == "dc_asgd":
+            raise ConfigError(f"optimizer {optimizer.name!r} runs on the local backend with a "
+                              f"step-size table rule, not with {'backend ray' if backend == 'ray' else 'dc_asgd'}")
+        if cfg.worker == "python" and cfg.algorithm != "sync":
+            raise ConfigError(f"optimizer {optimizer.name!r} keeps its state in the store through the "
+                              f"compiled worker loop: use worker='compiled' (or algorithm 'sync')")
     if ray is not None:
         from asgd.executors.ray import ALGORITHMS as RAY_ALGORITHMS, RayBackendError, address
         if cfg.algorithm not in RAY_ALGORITHMS:
@@ -114,6 +122,7 @@ def parse(cfg) -> Specs:
         model=ModelSpec(cfg.model, (("hidden", tuple(int(h) for h in hidden)),)
                         if cfg.model == "mlp" else (), int(cfg.seed)),
         stepsize=stepsize,
+        optimizer=optimizer,
         executor=ExecutorSpec(cfg.algorithm, int(threads),
                               int(cfg.persistence) if cfg.algorithm == "leashed" else -1,
                               int(cfg.batch_size), int(cfg.seed), ray, cfg.worker),
@@ -132,6 +141,19 @@ def stepsize_spec(cfg) -> StepSizeSpec:
         float(cfg.dc_lambda))
     try:
         rules.check(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
+def optimizer_spec(cfg) -> OptimizerSpec:
+    """The optimizer fields of a train config, typed and checked (``asgd.optimizers.check``)."""
+    from asgd import optimizers
+    spec = OptimizerSpec(cfg.optimizer, float(cfg.optimizer_momentum), float(cfg.optimizer_b1),
+                         float(cfg.optimizer_b2), float(cfg.optimizer_eps),
+                         float(cfg.optimizer_decay), float(cfg.optimizer_weight_decay))
+    try:
+        optimizers.check(spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return spec
@@ -167,7 +189,7 @@ def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None
     if specs.executor.batch_size > examples:
         raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training set "
                           f"({examples} examples)")
-    rule = rules.update_rule(specs.stepsize)
+    rule = rules.update_rule(specs.stepsize, specs.optimizer)
     run_dir = run_dir or metrics.new_run_dir(specs.run.workdir, specs.run.name)
     with metrics.RunWriter(run_dir, config) as writer:
         summary = executors.run(specs.executor, specs.run, problem, writer, rule)

@@ -50,6 +50,19 @@ class StepSizeSpec:
     dc_lambda: float         # DC-ASGD's lambda
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer whose state is versioned with the parameters (``asgd.optimizers``)."""
+
+    name: str                # sgd | momentum | nesterov | adam | adamw | rmsprop
+    momentum: float          # momentum, nesterov: the trace's decay
+    b1: float                # adam, adamw
+    b2: float
+    eps: float               # adam, adamw, rmsprop
+    decay: float             # rmsprop
+    weight_decay: float      # adamw
+
+
 class StopSpec(NamedTuple):
     """The stop conditions; 0 = no limit. ``max_batches`` = epochs x batches per epoch."""
 
@@ -102,6 +115,7 @@ class Specs:
     data: DataSpec
     model: ModelSpec
     stepsize: StepSizeSpec
+    optimizer: OptimizerSpec
     executor: ExecutorSpec
     run: RunSpec
     cpus: int                # pin the process to this many CPUs (-1 = one per worker, 0 = all)

@@ -147,7 +147,11 @@ struct pworker {
     pworker_arrays a;                /* changed only while not running */
     _Atomic int64_t n_grad, n_update, n_applied, dropped, discarded;  /* invariant P */
     int64_t window_first, window_count;
-    double t_begin, t_read;          /* the step in progress (this thread only) */
+    int64_t read_count;              /* floats pworker_read copies */
+    double t_begin, t_read, t_computed;  /* the step in progress (this thread only) */
+    int64_t t_read_version;          /* the version its gradient read */
+    pstore_attempt attempt;          /* the open stateful update (this thread only) */
+    _Atomic int64_t overwritten;
 };
 
 static double now_s(void) {
@@ -169,6 +173,7 @@ int pworker_create(pstore *store, ptickets *tickets, const float *scales, int32_
     w->nscales = nscales;
     w->persistence = persistence;
     w->d = pstore_dim(store);
+    w->read_count = w->d;
     *out = w;
     return PSTORE_OK;
 }
@@ -192,9 +197,16 @@ void pworker_get_counts(pworker *w, pworker_counts *out) {
     out->applied = atomic_load_explicit(&w->n_applied, memory_order_acquire);
     out->dropped = atomic_load_explicit(&w->dropped, memory_order_relaxed);
     out->discarded = atomic_load_explicit(&w->discarded, memory_order_relaxed);
+    out->overwritten = atomic_load_explicit(&w->overwritten, memory_order_relaxed);
 }
 
 int64_t pworker_dim(pworker *w) { return w->d; }
+
+void pworker_set_read_count(pworker *w, int64_t count) {
+    w->read_count = count >= 1 && count <= w->d ? count : w->d;
+}
+
+int64_t pworker_read_count(pworker *w) { return w->read_count; }
 
 /* The worker's own counts: only it writes them, a relaxed load is exact. */
 static inline int64_t own(_Atomic int64_t *c) {
@@ -225,7 +237,7 @@ int pworker_read(pworker *w, float *params, int32_t meta[4]) {
     }
     w->t_begin = now_s();
     int64_t version = 0;
-    int rc = pstore_read_copy(w->store, params, &version);
+    int rc = pstore_read_prefix(w->store, params, w->read_count, &version);
     w->t_read = now_s();
     if (rc || version > INT32_MAX) {
         ptickets_finish(w->tickets, 0);        /* give the ticket back */
@@ -237,43 +249,112 @@ int pworker_read(pworker *w, float *params, int32_t meta[4]) {
     return PSTORE_OK;
 }
 
-int pworker_update(pworker *w, const int32_t meta[4], float loss, float *const *segs,
-                   const int64_t *lens, int32_t nseg, int32_t status[4]) {
-    double computed = now_s();
-    status[0] = 2;
-    status[1] = status[2] = status[3] = 0;
+/* Record a computed gradient; 0 if it is to be applied, 1 if the run is
+ * stopping and it was discarded (its ticket given back). */
+static int record_gradient(pworker *w, float loss) {
+    w->t_computed = now_s();
     int64_t i = own(&w->n_grad);
     w->a.loss[i] = loss;
     w->a.read_s[i] = w->t_read - w->t_begin;
-    w->a.compute_s[i] = computed - w->t_read;
+    w->a.compute_s[i] = w->t_computed - w->t_read;
     publish_count(&w->n_grad, i + 1);
     if (!isfinite(loss)) ptickets_stop(w->tickets, PT_DIVERGED_LOSS);
     if (ptickets_reason(w->tickets) != PT_RUNNING) {   /* stopping: discard */
         atomic_fetch_add_explicit(&w->discarded, 1, memory_order_relaxed);
         ptickets_finish(w->tickets, 0);
-        return PSTORE_OK;
+        return 1;
     }
-    const float *scales = atomic_load_explicit(&w->scales, memory_order_acquire);
-    pstore_result r = pstore_update(w->store, segs, lens, nseg, 0.0f, scales, w->nscales,
-                                    (int64_t)meta[2], w->persistence);
-    double updated = now_s();
-    if (r.status) {
-        ptickets_finish(w->tickets, 0);
-        return r.status;
-    }
+    return 0;
+}
+
+/* Record a finished update (applied or dropped) and finish its ticket. */
+static void record_update(pworker *w, int32_t applied, int32_t attempts, int64_t staleness) {
     int64_t j = own(&w->n_update);
-    w->a.attempts[j] = r.attempts;
-    w->a.update_s[j] = updated - computed;
+    w->a.attempts[j] = attempts;
+    w->a.update_s[j] = now_s() - w->t_computed;
     publish_count(&w->n_update, j + 1);
-    if (r.applied) {
+    if (applied) {
         int64_t k = own(&w->n_applied);
-        w->a.staleness[k] = (int32_t)(r.staleness > INT32_MAX ? INT32_MAX : r.staleness);
+        w->a.staleness[k] = (int32_t)(staleness > INT32_MAX ? INT32_MAX : staleness);
         publish_count(&w->n_applied, k + 1);
     } else {
         atomic_fetch_add_explicit(&w->dropped, 1, memory_order_relaxed);
     }
-    ptickets_finish(w->tickets, r.applied);
+    ptickets_finish(w->tickets, applied);
+}
+
+int pworker_update(pworker *w, const int32_t meta[4], float loss, float *const *segs,
+                   const int64_t *lens, int32_t nseg, int32_t status[4]) {
+    status[0] = 2;
+    status[1] = status[2] = status[3] = 0;
+    if (record_gradient(w, loss)) return PSTORE_OK;
+    const float *scales = atomic_load_explicit(&w->scales, memory_order_acquire);
+    pstore_result r = pstore_update(w->store, segs, lens, nseg, 0.0f, scales, w->nscales,
+                                    (int64_t)meta[2], w->persistence);
+    if (r.status) {
+        ptickets_finish(w->tickets, 0);
+        return r.status;
+    }
+    record_update(w, r.applied, r.attempts, r.staleness);
     status[0] = r.applied;
     status[1] = r.attempts;
+    return PSTORE_OK;
+}
+
+/* The scale of an open attempt's staleness, from the current table. */
+static float attempt_scale(pworker *w) {
+    const float *scales = atomic_load_explicit(&w->scales, memory_order_acquire);
+    int64_t tau = w->attempt.staleness;
+    return scales[tau < w->nscales ? tau : w->nscales - 1];
+}
+
+int pworker_begin(pworker *w, const int32_t meta[4], float loss, float *base, float *scale,
+                  int32_t ameta[4]) {
+    ameta[0] = PW_DONE;
+    ameta[1] = ameta[2] = ameta[3] = 0;
+    *scale = 0.0f;
+    if (record_gradient(w, loss)) return PSTORE_OK;
+    int rc = pstore_begin(w->store, (int64_t)meta[2], 0, &w->attempt);
+    if (rc) {
+        ptickets_finish(w->tickets, 0);
+        return rc;
+    }
+    pstore_copy_base(w->store, &w->attempt, base);
+    *scale = attempt_scale(w);
+    ameta[0] = PW_ATTEMPT;
+    ameta[1] = (int32_t)w->attempt.staleness;
+    return PSTORE_OK;
+}
+
+int pworker_commit(pworker *w, float *const *segs, const int64_t *lens, int32_t nseg,
+                   float *base, float *scale, int32_t ameta[4]) {
+    pstore_attempt *a = &w->attempt;
+    int last = w->persistence >= 0 && a->attempts >= w->persistence;
+    int64_t tau = a->staleness;
+    int rc = pstore_commit_segments(w->store, a, segs, lens, nseg, !last);
+    if (rc < 0) {
+        if (a->out_handle >= 0) pstore_abort(w->store, a, 0);
+        ptickets_finish(w->tickets, 0);
+        return rc;
+    }
+    ameta[2] = a->attempts;
+    if (rc == 1) {                                     /* applied */
+        if (a->overwritten)
+            atomic_fetch_add_explicit(&w->overwritten, a->overwritten, memory_order_relaxed);
+        record_update(w, 1, a->attempts, a->staleness > tau ? a->staleness : tau);
+        ameta[0] = PW_DONE;
+        ameta[3] = 1;
+    } else if (last) {                                 /* dropped */
+        int32_t attempts = a->attempts;
+        pstore_abort(w->store, a, 1);
+        record_update(w, 0, attempts, tau);
+        ameta[0] = PW_DONE;
+        ameta[3] = 0;
+    } else {                                           /* moved onto the new latest */
+        pstore_copy_base(w->store, a, base);
+        *scale = attempt_scale(w);
+        ameta[0] = PW_ATTEMPT;
+        ameta[1] = (int32_t)a->staleness;
+    }
     return PSTORE_OK;
 }

@@ -83,6 +83,7 @@ typedef struct {
 
 typedef struct {
     int64_t gradients, updates, applied, dropped, discarded;
+    int64_t overwritten;  /* HOGWILD stateful updates: others' updates they wrote over */
 } pworker_counts;
 
 typedef struct pworker pworker;
@@ -105,6 +106,10 @@ void pworker_set_scales(pworker *w, const float *scales);
 void pworker_set_window(pworker *w, int64_t first, int64_t count);
 void pworker_get_counts(pworker *w, pworker_counts *out);
 int64_t pworker_dim(pworker *w);   /* the store's d */
+/* pworker_read copies the first `count` floats only (the parameters, when
+ * the store also holds an optimizer's state after them). Default: all d. */
+void pworker_set_read_count(pworker *w, int64_t count);
+int64_t pworker_read_count(pworker *w);
 
 /* pworker_read status (meta[0]) */
 enum { PW_GO = 0, PW_STOP = 1, PW_YIELD = 2 };
@@ -121,9 +126,31 @@ int pworker_read(pworker *w, float *params, int32_t meta[4]);
 int pworker_update(pworker *w, const int32_t meta[4], float loss, float *const *segs,
                    const int64_t *lens, int32_t nseg, int32_t status[4]);
 
-/* The XLA FFI handlers of pworker_read and pworker_update (pworker_ffi.c). */
+/* A stateful update (e.g. an optimizer's new parameters and state, computed
+ * by the caller from the latest version): begin, the caller's computation,
+ * commit; retried after a lost CAS (LEASHED) up to the persistence bound.
+ * ameta[0]: PW_ATTEMPT (compute from base and commit) or PW_DONE;
+ * ameta[1]: tau of the attempt; ameta[2]: attempts so far; ameta[3]: 1 if
+ * applied (when done). */
+enum { PW_ATTEMPT = 0, PW_DONE = 1 };
+/* Record the gradient's loss and timings (as pworker_update); unless the run
+ * stopped (then it is discarded: PW_DONE), open an attempt on the latest
+ * version: copy it into base (d floats), *scale = s(tau). */
+int pworker_begin(pworker *w, const int32_t meta[4], float loss, float *base, float *scale,
+                  int32_t ameta[4]);
+/* Publish the new vector (nseg segments concatenating to d). On a lost CAS
+ * with attempts left, the attempt moves onto the new latest: base and *scale
+ * are refreshed and ameta[0] = PW_ATTEMPT; otherwise it ends (applied or
+ * dropped) and is recorded. */
+int pworker_commit(pworker *w, float *const *segs, const int64_t *lens, int32_t nseg,
+                   float *base, float *scale, int32_t ameta[4]);
+
+/* The XLA FFI handlers of pworker_read, pworker_update, pworker_begin and
+ * pworker_commit (pworker_ffi.c). */
 void *pworker_ffi_read_handler(void);
 void *pworker_ffi_update_handler(void);
+void *pworker_ffi_begin_handler(void);
+void *pworker_ffi_commit_handler(void);
 
 #ifdef __cplusplus
 }

@@ -51,6 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1]
     c.stepsize_window = 0         # warm-up updates: TAIL-tau's CDF window (<= 0: 1000); mindthestep online fit (0 = off)
     c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
+    c.optimizer = "sgd"           # sgd | momentum | nesterov | adam | adamw | rmsprop: state versioned with the
+                                  # parameters; the step size scales its learning rate (docs/optimizers.md)
+    c.optimizer_momentum = 0.9    # momentum, nesterov: decay of the momentum trace
+    c.optimizer_b1 = 0.9          # adam, adamw: decay of the first moment
+    c.optimizer_b2 = 0.999        # adam, adamw: decay of the second moment
+    c.optimizer_eps = 1e-8        # adam, adamw, rmsprop: added to the root of the second moment
+    c.optimizer_decay = 0.9       # rmsprop: decay of the squared-gradient average
+    c.optimizer_weight_decay = 1e-4  # adamw: decoupled weight decay
     c.seed = 0                    # model init and minibatch order
 
     # Stopping: the first condition reached ends the run (0 = no limit).

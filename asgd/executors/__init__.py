@@ -60,17 +60,26 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
         return driver.run(spec, run_spec, problem, writer, rule)
     from asgd.executors import asynchronous, sync
     worker = "compiled" if runs_compiled(spec, rule) else "python"
-    warm_up(spec, run_spec, problem, worker)
+    versioned = None
+    if rule.optimizer is not None:   # the store versions the optimizer's state with x
+        from asgd import optimizers
+        versioned = optimizers.versioned(optimizers.direction(rule.optimizer), problem.layout,
+                                         problem.init_flat)
+    warm_up(spec, run_spec, problem, worker, versioned, rule.optimizer)
     if worker == "compiled":
         import asgd.executors.compiled as compiled_loop
         execute = compiled_loop.run
     else:
         execute = sync.run if spec.algorithm == "sync" else asynchronous.run
-    with make_store(spec.algorithm, problem.init_flat, worker) as store:
-        return execute(spec, run_spec, problem, writer, rule, store)
+    init = problem.init_flat if versioned is None else versioned.init
+    with make_store(spec.algorithm, init, worker) as store:
+        if versioned is None:
+            return execute(spec, run_spec, problem, writer, rule, store)
+        return execute(spec, run_spec, problem, writer, rule, store, versioned)
 
 
-def warm_up(spec: ExecutorSpec, run_spec: RunSpec, problem, worker: str) -> None:
+def warm_up(spec: ExecutorSpec, run_spec: RunSpec, problem, worker: str, versioned=None,
+            optimizer=None) -> None:
     """Compile the gradient (or the whole worker loop) and the evaluation before the clock starts."""
     import jax
     if worker == "compiled":
@@ -78,7 +87,7 @@ def warm_up(spec: ExecutorSpec, run_spec: RunSpec, problem, worker: str) -> None
         import asgd.executors.compiled as compiled_loop
         per_epoch = Batches(problem.train, spec.batch_size, spec.seed).per_epoch
         epochs = compiled_loop.window_epochs(per_epoch, run_spec.stop.epochs * per_epoch)
-        compiled_loop.compiled_loop(problem, spec.batch_size, per_epoch, epochs)
+        compiled_loop.compiled_loop(problem, spec.batch_size, per_epoch, epochs, versioned, optimizer)
     else:
         x, y = problem.train.x[:spec.batch_size], problem.train.y[:spec.batch_size]
         jax.block_until_ready(problem.grad_fn(problem.init_flat, x, y))

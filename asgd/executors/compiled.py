@@ -42,7 +42,9 @@ from asgd.executors.scales import ScaleController, schedule
 from asgd.specs import ExecutorSpec, RunSpec
 
 READ, UPDATE = "asgd_worker_read", "asgd_worker_update"
+BEGIN, COMMIT = "asgd_worker_begin", "asgd_worker_commit"
 GO, STOP, YIELD = 0, 1, 2
+ATTEMPT = 0             # begin/commit: compute the next version from the base and commit it
 WINDOW_BATCHES = 8192     # minibatches per permutation window (at least 2 epochs)
 FIRST_CAPACITY = 4096     # records per worker before the first growth
 
@@ -53,7 +55,9 @@ def register() -> None:
     from asgd.store import native
     ffi, lib = native()
     for name, handler in ((READ, lib.pworker_ffi_read_handler()),
-                          (UPDATE, lib.pworker_ffi_update_handler())):
+                          (UPDATE, lib.pworker_ffi_update_handler()),
+                          (BEGIN, lib.pworker_ffi_begin_handler()),
+                          (COMMIT, lib.pworker_ffi_commit_handler())):
         address = int(ffi.cast("uintptr_t", handler))
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(address), platform="cpu")
 
@@ -65,11 +69,14 @@ def address_operand(pointer) -> np.ndarray:
     return np.frombuffer(np.uint64(int(ffi.cast("uintptr_t", pointer))).tobytes(), np.uint32)
 
 
-def make_loop(problem, batch_size: int, per_epoch: int):
+def make_loop(problem, batch_size: int, per_epoch: int, versioned=None):
     """The jitted worker: (ctx, train x, train y, permutations, first epoch) -> meta.
 
     ``meta[0]`` says why the loop ended: STOP (the run stopped) or YIELD (the
-    records are full or the next minibatch is outside the window).
+    records are full or the next minibatch is outside the window). With
+    ``versioned`` (``asgd.optimizers.Versioned``) an update is the optimizer's
+    step on the latest version of parameters and state, committed whole and
+    retried after a lost CAS, instead of the store's x + s(tau) g.
     """
     register()
     layout = problem.layout
@@ -78,6 +85,27 @@ def make_loop(problem, batch_size: int, per_epoch: int):
     read = jax.ffi.ffi_call(READ, (jax.ShapeDtypeStruct((d,), jnp.float32),
                                    jax.ShapeDtypeStruct((4,), jnp.int32)), has_side_effect=True)
     update = jax.ffi.ffi_call(UPDATE, jax.ShapeDtypeStruct((4,), jnp.int32), has_side_effect=True)
+    if versioned is not None:
+        attempt_shapes = (jax.ShapeDtypeStruct((versioned.size,), jnp.float32),
+                          jax.ShapeDtypeStruct((), jnp.float32),
+                          jax.ShapeDtypeStruct((4,), jnp.int32))
+        begin = jax.ffi.ffi_call(BEGIN, attempt_shapes, has_side_effect=True)
+        commit = jax.ffi.ffi_call(COMMIT, attempt_shapes, has_side_effect=True)
+
+        def update(ctx, meta, loss, *grad_leaves):  # noqa: F811 (the stateful update)
+            grads = jax.tree.unflatten(layout.treedef, grad_leaves)
+
+            def attempt(carry):
+                base, scale, ameta = carry
+                # The barriers keep XLA from fusing the step with the loop around it,
+                # so it compiles as it does on its own (the same float32 rounding as
+                # a plain optax step, where a fused multiply-add could differ).
+                inputs = jax.lax.optimization_barrier((base, grads, scale))
+                leaves = jax.lax.optimization_barrier(versioned.step(*inputs))
+                return commit(ctx, ameta, *leaves)
+
+            first = begin(ctx, meta, loss)
+            return jax.lax.while_loop(lambda c: c[2][0] == ATTEMPT, attempt, first)[2]
 
     def loss_of(params, x, y):
         return models.cross_entropy(model_apply(params, x), y)
@@ -102,15 +130,17 @@ def make_loop(problem, batch_size: int, per_epoch: int):
     return run
 
 
-def compiled_loop(problem, batch_size: int, per_epoch: int, epochs: int):
-    """The worker loop compiled for these shapes, with the training set on the
-    device; kept in ``problem.compiled`` so runs of one problem compile once."""
-    key = ("loop", batch_size, per_epoch, epochs)
+def compiled_loop(problem, batch_size: int, per_epoch: int, epochs: int, versioned=None,
+                  optimizer_key=None):
+    """The worker loop compiled for these shapes (and optimizer), with the training
+    set on the device; kept in ``problem.compiled`` so runs of one problem
+    compile once. ``optimizer_key`` names ``versioned``'s optimizer in that cache."""
+    key = ("loop", batch_size, per_epoch, epochs, optimizer_key)
     if key not in problem.compiled:
         if "train" not in problem.compiled:
             problem.compiled["train"] = (jnp.asarray(problem.train.x), jnp.asarray(problem.train.y))
         train_x, train_y = problem.compiled["train"]
-        loop = make_loop(problem, batch_size, per_epoch)
+        loop = make_loop(problem, batch_size, per_epoch, versioned)
         perms = np.zeros((epochs, len(problem.train.y)), np.int32)
         problem.compiled[key] = loop.lower(np.zeros(2, np.uint32), train_x, train_y, perms,
                                            np.int32(0)).compile()
@@ -200,6 +230,10 @@ class CompiledLog:
     def discarded(self) -> int:
         return self.counts().discarded
 
+    @property
+    def overwritten(self) -> int:
+        return self.counts().overwritten
+
 
 class Window(NamedTuple):
     """The epochs of minibatch permutations a worker's computation holds."""
@@ -212,7 +246,7 @@ class CompiledWorker:
     """One worker thread's C context, records and minibatch window."""
 
     def __init__(self, store, tickets: Tickets, scales: np.ndarray, persistence: int,
-                 capacity: int):
+                 capacity: int, read_count: int = 0):
         from asgd.store import native
         self._ffi, self._lib = native()
         out = self._ffi.new("pworker **")
@@ -221,6 +255,8 @@ class CompiledWorker:
         if rc:
             raise ValueError(f"pworker_create failed ({rc})")
         self.handle = self._ffi.gc(out[0], self._lib.pworker_destroy)
+        if read_count:   # the parameters only, before an optimizer's state
+            self._lib.pworker_set_read_count(self.handle, read_count)
         self.ctx = address_operand(self.handle)
         self.store, self.tickets = store, tickets   # the C worker uses them: keep them alive
         self.log = CompiledLog(self._ffi, self._lib, self.handle, capacity)
@@ -283,8 +319,13 @@ def worker_thread(loop, worker: CompiledWorker, batches: Batches, epochs: int,
         worker.python_s = clock() - began - inside
 
 
-def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> dict:
-    """Run ``spec.threads`` compiled workers over the C ``store``; returns the summary."""
+def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store,
+        versioned=None) -> dict:
+    """Run ``spec.threads`` compiled workers over the C ``store``; returns the summary.
+
+    With ``versioned`` the store holds parameters and optimizer state
+    (``asgd.optimizers``), and every update is the optimizer's step.
+    """
     batches = Batches(problem.train, spec.batch_size, spec.seed)
     stop = run_spec.stop
     max_batches = stop.epochs * batches.per_epoch
@@ -292,15 +333,21 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> 
     capacity = min(FIRST_CAPACITY, stop.num_updates + 1) if stop.num_updates else FIRST_CAPACITY
     scale_schedule = schedule(rule.transform)
     tables = [np.ascontiguousarray(scale_schedule.table(), np.float32)]  # every table stays alive
-    workers = [CompiledWorker(store, tickets, tables[0], spec.persistence, capacity)
+    d = problem.layout.size
+    workers = [CompiledWorker(store, tickets, tables[0], spec.persistence, capacity,
+                              read_count=d if versioned is not None else 0)
                for _ in range(spec.threads)]
     logs = [w.log for w in workers]
     scales = ScaleController(scale_schedule, logs)
+    evaluate = problem.evaluate if versioned is None else (lambda flat: problem.evaluate(flat[:d]))
     monitor = Monitor(run_spec, {"algorithm": spec.algorithm, "threads": spec.threads},
-                      problem.evaluate, store, tickets, logs, writer, max_batches,
+                      evaluate, store, tickets, logs, writer, max_batches,
                       parts=[scales.summary, lambda: {
                           "worker": "compiled",
-                          "worker_python_s": [w.python_s for w in workers]}])
+                          "worker_python_s": [w.python_s for w in workers],
+                          **({"optimizer_state_size": versioned.size - d,
+                              "optimizer_overwritten": sum(w.log.overwritten for w in workers)}
+                             if versioned is not None else {})}])
 
     def refresh_scales():
         if scales.poll():
@@ -309,7 +356,8 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> 
                 w.set_scales(scales.array)
 
     epochs = window_epochs(batches.per_epoch, max_batches)
-    loop, (train_x, train_y) = compiled_loop(problem, spec.batch_size, batches.per_epoch, epochs)
+    loop, (train_x, train_y) = compiled_loop(problem, spec.batch_size, batches.per_epoch, epochs,
+                                             versioned, rule.optimizer)
     run_threads([functools.partial(worker_thread, loop, w, batches, epochs, train_x, train_y)
                  for w in workers], monitor, pollers=[refresh_scales])
     return monitor.summary()
