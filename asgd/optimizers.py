@@ -32,6 +32,11 @@ from asgd.params import FlatLayout
 from asgd.specs import OptimizerSpec
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+# The learning rate each takes when optimizer_learning_rate is 0: the usual
+# library defaults (Keras: SGD with momentum 0.01, Adam and RMSProp 0.001;
+# Kingma & Ba's Adam 0.001), not tuned here.
+DEFAULT_LEARNING_RATES = {"momentum": 0.01, "nesterov": 0.01, "adam": 1e-3, "adamw": 1e-3,
+                          "rmsprop": 1e-3}
 
 
 def check(spec: OptimizerSpec) -> None:
@@ -44,6 +49,9 @@ def check(spec: OptimizerSpec) -> None:
             raise ValueError(f"optimizer_{name} must be in [0, 1), got {value}")
     if not (math.isfinite(spec.eps) and spec.eps > 0):
         raise ValueError(f"optimizer_eps must be a finite number > 0, got {spec.eps}")
+    if spec.name != "sgd" and not (math.isfinite(spec.learning_rate) and spec.learning_rate > 0):
+        raise ValueError(f"optimizer_learning_rate must be a finite number > 0 (or 0 for the "
+                         f"optimizer's default), got {spec.learning_rate}")
     if not (math.isfinite(spec.weight_decay) and spec.weight_decay >= 0):
         raise ValueError(f"optimizer_weight_decay must be finite and >= 0, got {spec.weight_decay}")
 

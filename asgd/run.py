@@ -10,6 +10,7 @@ create ``<workdir>/runs/<timestamp>-<name>/`` and run the executor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -102,6 +103,8 @@ def parse(cfg) -> Specs:
     stepsize = stepsize_spec(cfg)
     optimizer = optimizer_spec(cfg)
     if optimizer.name != "sgd":
+        # The step-size rule scales the optimizer's learning rate: alpha(tau) built from it.
+        stepsize = dataclasses.replace(stepsize, alpha=optimizer.learning_rate)
         if backend == "ray" or cfg.stepsize == "dc_asgd":
             raise ConfigError(f"optimizer {optimizer.name!r} runs on the local backend with a "
                               f"step-size table rule, not with {'backend ray' if backend == 'ray' else 'dc_asgd'}")
@@ -149,8 +152,11 @@ def stepsize_spec(cfg) -> StepSizeSpec:
 def optimizer_spec(cfg) -> OptimizerSpec:
     """The optimizer fields of a train config, typed and checked (``asgd.optimizers.check``)."""
     from asgd import optimizers
-    spec = OptimizerSpec(cfg.optimizer, float(cfg.optimizer_momentum), float(cfg.optimizer_b1),
-                         float(cfg.optimizer_b2), float(cfg.optimizer_eps),
+    rate = float(cfg.optimizer_learning_rate)
+    if rate == 0:
+        rate = optimizers.DEFAULT_LEARNING_RATES.get(cfg.optimizer, 0.0)
+    spec = OptimizerSpec(cfg.optimizer, rate, float(cfg.optimizer_momentum),
+                         float(cfg.optimizer_b1), float(cfg.optimizer_b2), float(cfg.optimizer_eps),
                          float(cfg.optimizer_decay), float(cfg.optimizer_weight_decay))
     try:
         optimizers.check(spec)

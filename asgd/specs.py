@@ -55,6 +55,7 @@ class OptimizerSpec:
     """The optimizer whose state is versioned with the parameters (``asgd.optimizers``)."""
 
     name: str                # sgd | momentum | nesterov | adam | adamw | rmsprop
+    learning_rate: float     # the optimizer's alpha (resolved: > 0; unused for sgd)
     momentum: float          # momentum, nesterov: the trace's decay
     b1: float                # adam, adamw
     b2: float

@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
     c.optimizer = "sgd"           # sgd | momentum | nesterov | adam | adamw | rmsprop: state versioned with the
                                   # parameters; the step size scales its learning rate (docs/optimizers.md)
+    c.optimizer_learning_rate = 0.0  # the optimizer's alpha, in place of learning_rate (0 = its usual default:
+                                  # momentum, nesterov 0.01; adam, adamw, rmsprop 0.001)
     c.optimizer_momentum = 0.9    # momentum, nesterov: decay of the momentum trace
     c.optimizer_b1 = 0.9          # adam, adamw: decay of the first moment
     c.optimizer_b2 = 0.999        # adam, adamw: decay of the second moment

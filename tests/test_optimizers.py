@@ -41,7 +41,8 @@ def plain_optax(problem, spec, alpha, batch_size, seed, steps):
 @pytest.mark.parametrize("algorithm", ["sequential", "sync", "lock", "hogwild", "leashed"])
 def test_one_worker_is_plain_optax_training_bit_for_bit(config, train, problems, name, alpha,
                                                         algorithm):
-    cfg = configure(config, algorithm, 1, optimizer=name, learning_rate=alpha, num_updates=200)
+    cfg = configure(config, algorithm, 1, optimizer=name, optimizer_learning_rate=alpha,
+                    num_updates=200)
     summary = train(cfg)
     specs = parse(cfg)
     reference = plain_optax(problems(specs), specs.optimizer, alpha, cfg.batch_size, cfg.seed, 200)
@@ -66,6 +67,7 @@ def test_leashed_state_counts_every_applied_update_and_snapshots_are_consistent(
     from asgd import executors, metrics, rules
     from asgd.executors import compiled
     cfg = configure(config, "leashed", 4, num_updates=3000, learning_rate=1.0, batch_size=8)
+    assert parse(cfg).stepsize.alpha == 1.0
     specs = parse(cfg)
     problem = problems(specs)
     versioned = optimizers.versioned(counting_direction(), problem.layout, problem.init_flat)
@@ -107,5 +109,9 @@ def test_optimizer_fields_are_checked(config):
         cfg[field] = value
         with pytest.raises(ConfigError, match=message):
             optimizer_spec(cfg)
+    cfg = configure(config.copy_and_resolve_references(), "leashed", 2, optimizer="adam")
+    assert parse(cfg).stepsize.alpha == optimizers.DEFAULT_LEARNING_RATES["adam"]
+    cfg.optimizer_learning_rate = 0.02
+    assert parse(cfg).stepsize.alpha == 0.02   # the step-size rule scales the optimizer's rate
     with pytest.raises(ConfigError, match="compiled worker loop"):
         parse(configure(config, "leashed", 2, optimizer="adam", worker="python"))
