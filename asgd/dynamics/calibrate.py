@@ -236,6 +236,36 @@ def part_gil(fields: dict, updates: int, reps: int, switch_s: float,
     return out
 
 
+def time_per_iteration(k: int, iteration, seconds: float) -> float:
+    """k threads each calling ``iteration(j, i)`` (thread j, its i-th call) for
+    ``seconds``: the wall time per call of one thread (k x elapsed / calls)."""
+    counts, stop = [0] * k, threading.Event()
+
+    def loop(j):
+        while not stop.is_set():
+            iteration(j, counts[j])
+            counts[j] += 1
+    workers = [threading.Thread(target=loop, args=(j,)) for j in range(k)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    time.sleep(seconds)
+    stop.set()
+    for w in workers:
+        w.join()
+    return k * (time.perf_counter() - start) / max(sum(counts), 1)
+
+
+def _interleaved(measure, threads: list[int], reps: int) -> list[float]:
+    """Median over ``reps`` rounds of ``measure(k)`` for every k, rounds interleaved."""
+    measure(1)  # warm-up
+    times = {k: [] for k in threads}
+    for _ in range(reps):
+        for k in threads:
+            times[k].append(measure(k))
+    return [statistics.median(times[k]) for k in threads]
+
+
 def part_concurrency(fields: dict, threads: list[int], seconds: float, reps: int) -> dict:
     """Per-gradient time with k gradient threads at once (snapshot, gradient, release)."""
     import jax
@@ -247,34 +277,15 @@ def part_concurrency(fields: dict, threads: list[int], seconds: float, reps: int
     store = ParameterStore(problem.layout.size, mode="leashed", init=problem.init_flat)
 
     def measure(k: int) -> float:
-        counts, stop = [0] * k, threading.Event()
+        def gradient(j, i):
+            with store.acquire() as snapshot:
+                loss, grads = problem.grad_fn(snapshot.array, *batches.get(i * k + j))
+                jax.block_until_ready(grads)
+                float(loss)
+        return time_per_iteration(k, gradient, seconds)
 
-        def loop(j):
-            i = j
-            while not stop.is_set():
-                with store.acquire() as snapshot:
-                    loss, grads = problem.grad_fn(snapshot.array, *batches.get(i))
-                    jax.block_until_ready(grads)
-                    float(loss)
-                counts[j] += 1
-                i += k
-        workers = [threading.Thread(target=loop, args=(j,)) for j in range(k)]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        time.sleep(seconds)
-        stop.set()
-        for w in workers:
-            w.join()
-        return k * (time.perf_counter() - start) / max(sum(counts), 1)
-
-    measure(1)  # warm-up
-    times = {k: [] for k in threads}
-    for _ in range(reps):
-        for k in threads:
-            times[k].append(measure(k))
+    gradient_s = _interleaved(measure, list(threads), reps)
     store.close()
-    gradient_s = [statistics.median(times[k]) for k in threads]
     return {"threads": list(threads), "gradient_s": gradient_s,
             "speed": [gradient_s[0] / t for t in gradient_s]}
 
@@ -291,37 +302,18 @@ def part_copies(fields: dict, seconds: float, reps: int) -> dict:
     leaves = [np.asarray(leaf) for leaf in jax.block_until_ready(jax.tree.leaves(grads))]
     scales = np.array([1e-12], np.float32)
     d = problem.layout.size
-    cpus = len(os.sched_getaffinity(0))
 
     def measure(k: int) -> float:
         stores = [ParameterStore(d, mode="leashed", init=problem.init_flat) for _ in range(k)]
-        counts, stop = [0] * k, threading.Event()
+        try:
+            return time_per_iteration(
+                k, lambda j, i: stores[j].update(leaves, scales, stores[j].version), seconds)
+        finally:
+            for store in stores:
+                store.close()
 
-        def loop(j):
-            store = stores[j]
-            while not stop.is_set():
-                store.update(leaves, scales, store.version)
-                counts[j] += 1
-        workers = [threading.Thread(target=loop, args=(j,)) for j in range(k)]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        time.sleep(seconds)
-        stop.set()
-        for w in workers:
-            w.join()
-        elapsed = time.perf_counter() - start
-        for s in stores:
-            s.close()
-        return k * elapsed / max(sum(counts), 1)
-
-    threads = list(range(1, cpus + 1))
-    measure(1)
-    times = {k: [] for k in threads}
-    for _ in range(reps):
-        for k in threads:
-            times[k].append(measure(k))
-    update_s = [statistics.median(times[k]) for k in threads]
+    threads = list(range(1, len(os.sched_getaffinity(0)) + 1))
+    update_s = _interleaved(measure, threads, reps)
     nbytes = 12 * d
     return {"threads": threads, "update_s": update_s, "bytes": nbytes,
             "gbs": [k * nbytes / t / 1e9 for k, t in zip(threads, update_s)]}

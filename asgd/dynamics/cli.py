@@ -268,10 +268,10 @@ def cmd_predict(args) -> None:
     import os
 
     from asgd.dynamics import calibrate as cal, predict as pr
-    from asgd.run import ConfigError, parse
+    from asgd.run import ConfigError, parse, restrict_cpus
     cfg = load_train_config(args.config, args.set or [])
     try:
-        parse(cfg)
+        restrict_cpus(parse(cfg).cpus)  # before JAX starts: the validation runs use these CPUs
     except ConfigError as err:
         raise UsageError(str(err)) from None
     for name, values, low in (("--threads", args.threads, 1), ("--cores", args.cores, 1),

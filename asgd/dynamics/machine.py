@@ -175,6 +175,28 @@ class MachineResult(NamedTuple):
                 "runnable_mean": self.runnable_mean}
 
 
+class _Fifo:
+    """A resource with one holder at a time (the GIL, the mutex); waiters are
+    served first come, first served and ``grant(worker, phase)`` starts a holder."""
+
+    __slots__ = ("owner", "queue", "grant")
+
+    def __init__(self, grant):
+        self.owner, self.queue, self.grant = None, deque(), grant
+
+    def request(self, worker: int, phase: int) -> None:
+        if self.owner is None:
+            self.owner = worker
+            self.grant(worker, phase)
+        else:
+            self.queue.append((worker, phase))
+
+    def release(self) -> None:
+        self.owner = None
+        if self.queue:
+            self.request(*self.queue.popleft())
+
+
 class _Rate:
     """Jobs served at one common rate: a virtual clock and a heap of finishing points."""
 
@@ -225,8 +247,7 @@ class _Engine:
         self.gil_class, self.copy_class, self.grad_class = _Rate(), _Rate(), _Rate()
         # without the GIL its time is plain parallel CPU work, like a gradient's
         self.cpu_class = self.gil_class if machine.gil else _Rate()
-        self.gil_owner, self.gil_queue = None, deque()
-        self.mutex_owner, self.mutex_queue = None, deque()
+        self.gil, self.mutex = _Fifo(self._gil_granted), _Fifo(self._granted)
         self.now, self.seq, self.version = 0.0, 0, 0
         self.t_read, self.base, self.tries = [0] * m, [0] * m, [1] * m
         self.held = Counter()          # versions referenced by snapshots and attempts (leashed)
@@ -241,32 +262,15 @@ class _Engine:
         heapq.heappush(cls.heap, (cls.v + work, self.seq, worker, phase))
 
     def _gil(self, i: int, phase: int) -> None:
+        if self.machine.gil:
+            self.gil.request(i, phase)
+        else:
+            self._gil_granted(i, phase)
+
+    def _gil_granted(self, i: int, phase: int) -> None:
         step = self.steps[i]
         work = step.gil * (step.gil_split if phase == GIL_A else 1.0 - step.gil_split)
-        if not self.machine.gil:
-            self._push(self.cpu_class, work, i, phase)
-        elif self.gil_owner is None:
-            self.gil_owner = i
-            self._push(self.gil_class, work, i, phase)
-        else:
-            self.gil_queue.append((i, phase))
-
-    def _release_gil(self) -> None:
-        self.gil_owner = None
-        if self.gil_queue:
-            self._gil(*self.gil_queue.popleft())
-
-    def _mutex(self, i: int, phase: int) -> None:
-        if self.mutex_owner is None:
-            self.mutex_owner = i
-            self._granted(i, phase)
-        else:
-            self.mutex_queue.append((i, phase))
-
-    def _release_mutex(self) -> None:
-        self.mutex_owner = None
-        if self.mutex_queue:
-            self._mutex(*self.mutex_queue.popleft())
+        self._push(self.gil_class if self.machine.gil else self.cpu_class, work, i, phase)
 
     def _granted(self, i: int, phase: int) -> None:
         """Worker i holds the mutex (lock) for its read or its update."""
@@ -309,7 +313,7 @@ class _Engine:
             self._gil(i, phase)
         elif phase == READ:
             if d == "lock":
-                self._mutex(i, READ)
+                self.mutex.request(i, READ)
             else:
                 self.t_read[i] = self.version
                 if d == "leashed":
@@ -319,7 +323,7 @@ class _Engine:
         elif phase == GRADIENT:
             self._push(self.grad_class, self.draws.next(i), i, GRADIENT)
         elif d == "lock":
-            self._mutex(i, UPDATE)
+            self.mutex.request(i, UPDATE)
         elif d == "leashed":
             self.tries[i] = 1
             self._attempt(i)
@@ -331,10 +335,10 @@ class _Engine:
         d = self.discipline
         if phase in (GIL_A, GIL_B):
             if self.machine.gil:
-                self._release_gil()
+                self.gil.release()
             self._begin(i, READ if phase == GIL_A else UPDATE)
         elif phase == READ:  # lock: the snapshot copy is done
-            self._release_mutex()
+            self.mutex.release()
             self._begin(i, GRADIENT)
         elif phase == GRADIENT:  # the snapshot is released once the gradient is ready
             if d == "leashed":
@@ -357,7 +361,7 @@ class _Engine:
         else:
             self._applied(i, self.base[i] - self.t_read[i], 1)
             if d == "lock":
-                self._release_mutex()
+                self.mutex.release()
             self._begin(i, GIL_A)
 
     def _applied(self, i: int, tau: int, tries: int) -> None:
