@@ -9,8 +9,9 @@
                runs' step_times.npz), interleaved over ``reps`` rounds. The
                lock's hold time is its read (the snapshot copy) plus its update.
   gil          the time per step that holds Python's GIL, with a probe: a pure-
-               Python thread pinned to a core of its own (the run is pinned to
-               the other cores) that wants the GIL all the time. Whatever the
+               Python thread pinned to a core of its own (one the config's
+               ``cpus`` leaves free, else the last; the run is pinned to the
+               others) that wants the GIL all the time. Whatever the
                probe does not spend on its core, it waits for the GIL that
                the run holds. Two run lengths are differenced (so set-up and
                the final evaluation cancel out). The probe makes every GIL
@@ -196,9 +197,9 @@ def part_steps(fields: dict, updates: int, reps: int) -> dict:
     return out
 
 
-def part_gil(fields: dict, updates: int, reps: int, switch_s: float,
-             probe_cpu: int | None) -> dict:
-    """The probe's measurements; the probe runs on ``probe_cpu``, the runs on the other CPUs."""
+def part_gil(fields: dict, updates: int, reps: int, switch_s: float, probe_cpu: int) -> dict:
+    """The probe's measurements; the probe runs on ``probe_cpu``, the runs on this
+    process's CPUs (which must not include it)."""
     sys.setswitchinterval(switch_s)
     handoff = statistics.median(synthetic_gil_cost(0.0, 2000, probe_cpu) for _ in range(3))
     check = statistics.median(synthetic_gil_cost(1e-4, 1000, probe_cpu) for _ in range(3))
@@ -407,11 +408,20 @@ def calibrate(cfg, updates: int = 1500, reps: int = 3, concurrency: list[int] | 
     batch_sizes = sorted(set(batch_sizes or [16, 32, 64, 128, 256]) | {int(cfg.batch_size)})
     if any(k < 1 for k in concurrency) or concurrency[0] != 1:
         raise ValueError(f"concurrency thread counts must start at 1, got {concurrency}")
+    # The probe needs a CPU of its own: one the runs do not use, else the last
+    # of theirs (the probe's runs then get the others).
+    spare = [c for c in allowed if c not in cpus]
+    if spare:
+        gil_cpus, probe_cpu = cpus, spare[0]
+    elif p > 1:
+        gil_cpus, probe_cpu = cpus[:-1], cpus[-1]
+    else:
+        raise ValueError("the GIL probe needs a CPU of its own: calibrate with 2 or more CPUs allowed")
     out = {"version": CALIBRATION_VERSION, "config": fields, "cores": p}
     out["steps"] = _run_part("steps", {"fields": fields, "updates": updates, "reps": reps}, cpus, log)
     out["params"] = out["steps"].pop("params")
     out["gil"] = _run_part("gil", {"fields": fields, "updates": updates, "reps": reps,
-                                   "switch_s": switch_s}, cpus, log)
+                                   "switch_s": switch_s, "probe_cpu": probe_cpu}, gil_cpus, log)
     out["concurrency"] = _run_part("concurrency", {"fields": fields, "threads": concurrency,
                                                    "seconds": seconds, "reps": reps}, cpus, log)
     out["one_core"] = _run_part("concurrency", {"fields": fields, "threads": [1],
@@ -429,13 +439,7 @@ def _child(payload: str) -> None:
     """Entry point of a part's child process: pin, run, print one JSON line."""
     request = json.loads(payload)
     part, args, cpus = request["part"], request["args"], request["cpus"]
-    if part == "gil":
-        # The probe gets the last CPU to itself; the runs (and JAX's thread
-        # pools, sized when JAX starts) get the others.
-        probe = cpus[-1] if len(cpus) > 1 else None
-        args = {**args, "probe_cpu": probe}
-        cpus = cpus[:-1] if probe is not None else cpus
-    os.sched_setaffinity(0, cpus)
+    os.sched_setaffinity(0, cpus)  # before JAX starts and sizes its thread pools
     fn = {"steps": part_steps, "gil": part_gil, "concurrency": part_concurrency,
           "copies": part_copies, "batches": part_batches, "machine": _machine_info}[part]
     result = fn(**args)

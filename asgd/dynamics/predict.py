@@ -154,46 +154,55 @@ def simulate_cell(machine: mc.Machine, step: mc.Step, algorithm: str, threads: i
 
 class Convergence:
     """Updates to epsilon under injected staleness on the config's real problem,
-    per seed (the seed sets the initialisation and the minibatch order, as in a run);
-    cached per (histogram, seed)."""
+    per seed (the seed sets the initialisation and the minibatch order, as in a
+    run) and with the step-size table of the config at m threads (FLeet's and
+    MindTheStep's depend on m); cached per (histogram, table, seed)."""
 
     def __init__(self, cfg, seeds: Sequence[int], epsilon: float, window: int, max_updates: int):
-        from asgd import rules, stepsize
-        from asgd.run import parse, problem_of
+        from asgd.run import problem_of
+        self.cfg = cfg
         self.seeds, self.epsilon, self.window = list(seeds), float(epsilon), int(window)
         self.max_updates = int(max_updates)
-        self.batch_size = int(cfg.batch_size)
-        self.scales = np.asarray(stepsize.schedule(
-            rules.update_rule(parse(cfg).stepsize).transform).table(), np.float32)
         self.problems = {}
         for seed in self.seeds:
             c = cfg.copy_and_resolve_references()
             c.seed = int(seed)
             self.problems[seed] = problem_of(c)
+        self._tables: dict = {}
         self._cache: dict = {}
 
-    def updates(self, hist) -> list[float]:
-        """Updates to epsilon per seed (inf: not reached within max_updates, or diverged)."""
+    def scales(self, threads: int) -> np.ndarray:
+        """The step-size table the C store would use with ``threads`` workers."""
+        if threads not in self._tables:
+            from asgd import rules, stepsize
+            from asgd.run import stepsize_spec
+            c = self.cfg.copy_and_resolve_references()
+            c.threads = int(threads)
+            self._tables[threads] = np.asarray(stepsize.schedule(
+                rules.update_rule(stepsize_spec(c)).transform).table(), np.float32)
+        return self._tables[threads]
+
+    def outcomes(self, hist, threads: int) -> list[tuple[float, bool]]:
+        """(updates to epsilon, diverged) per seed; updates is inf when epsilon was
+        not reached within max_updates or the run diverged."""
         from asgd.data import Batches
         from asgd.dynamics import convergence
         key = tuple(int(c) for c in np.trim_zeros(np.asarray(hist, np.int64), "b"))
+        scales = self.scales(threads)
+        table = scales.tobytes()
         out = []
         for seed in self.seeds:
-            if (key, seed) not in self._cache:
+            if (key, table, seed) not in self._cache:
                 problem = self.problems[seed]
                 taus = convergence.draw_staleness(key, self.max_updates,
                                                   np.random.default_rng([seed, 7]))
                 res = convergence.run(
-                    problem.grad_fn, problem.init_flat, Batches(problem.train, self.batch_size, seed),
-                    self.scales, taus, self.epsilon, self.window)
-                self._cache[key, seed] = (res.updates, res.diverged)
-            out.append(self._cache[key, seed][0])
+                    problem.grad_fn, problem.init_flat,
+                    Batches(problem.train, int(self.cfg.batch_size), seed),
+                    scales, taus, self.epsilon, self.window)
+                self._cache[key, table, seed] = (res.updates, res.diverged)
+            out.append(self._cache[key, table, seed])
         return out
-
-    def diverged(self, hist) -> int:
-        """How many seeds of ``updates(hist)`` (run first) diverged."""
-        key = tuple(int(c) for c in np.trim_zeros(np.asarray(hist, np.int64), "b"))
-        return sum(self._cache[key, seed][1] for seed in self.seeds)
 
 
 def _mean_reached(values) -> tuple[float | None, int]:
@@ -278,7 +287,7 @@ def validate(predicted: dict, measured: list[dict], conv: Convergence | None) ->
         u_pred, _ = _mean_reached(pred["updates_to_eps"])
         u_inj = None
         if conv is not None:  # the measured staleness injected: the statistical part alone
-            u_inj, _ = _mean_reached(conv.updates(hist.astype(np.int64)))
+            u_inj, _ = _mean_reached([u for u, _ in conv.outcomes(hist.astype(np.int64), m)])
         t_pred = u_pred / pred["updates_per_s"] if u_pred is not None else None
         tau_m, tau_p = comparison["measured_mean"], comparison["simulated_mean"]
         rows.append({
@@ -436,7 +445,8 @@ def predictions_md(result: dict) -> str:
                          f" / {_f(e.get('time_to_eps'), pct=True)}"])
         caps = result["gil_caps"].get(name, {})
         top = max(r["threads"] for r in cells)
-        cap_text = "; ".join(f"{a}: 1/GIL = {_f(c['ceiling'], 0)} updates/s, "
+        cap_text = "; ".join(f"{a}: GIL {1e6 / c['ceiling']:.0f} µs per step, 1/GIL = "
+                             f"{_f(c['ceiling'], 0)} updates/s, "
                              + (f"reached (≥ 90 %) from m = {c['m_cap']}" if c["m_cap"]
                                 else f"not reached (≥ 90 %) up to m = {top}")
                              for a, c in caps.items())
@@ -448,33 +458,47 @@ def predictions_md(result: dict) -> str:
 
 
 def claims_md(result: dict) -> str:
-    """What the predictions say about the papers' many-thread claims, in numbers."""
+    """What the predictions for machines we do not have say about the papers'
+    many-thread claims, in numbers: time to epsilon against m and Leashed-SGD's
+    ratio to the better of the other two (faster as m grows?), the spread and
+    failures over seeds (more stable?), peak buffers (less memory?)."""
     lines = []
+    mb = result["params"] * 4 / 1e6
     for name, cells in result["predictions"].items():
         if name == result["calibrated_name"]:
             continue
         by = {(r["algorithm"], r["threads"]): r for r in cells}
         ms = sorted({r["threads"] for r in cells})
         top = ms[-1]
-        tte = {a: by[a, top]["time_to_eps"] for a in ALGORITHMS}
-        best = min((a for a in ALGORITHMS if tte[a] is not None), key=lambda a: tte[a], default=None)
-        trend = ", ".join(f"{a}: " + " → ".join(_f(by[a, m]["time_to_eps"], 3) for m in ms)
+        trend = "; ".join(f"{a} " + " → ".join(_f(by[a, m]["time_to_eps"], 3) for m in ms)
                           for a in ALGORITHMS)
-        spread = ", ".join(f"{a} {_f(_cv(by[a, top]['updates_to_eps']), 2)}" for a in ALGORITHMS)
-        memory = ", ".join(f"{a} {by[a, top]['peak_buffers']} × {result['params'] * 4 / 1e6:.2f} MB"
+        ratios = []
+        for m in ms:
+            leashed = by["leashed", m]["time_to_eps"]
+            others = [by[a, m]["time_to_eps"] for a in ("hogwild", "lock")
+                      if by[a, m]["time_to_eps"] is not None]
+            ratios.append(_f(leashed / min(others), 2) if leashed is not None and others else "—")
+        failed = ", ".join(f"{a} {by[a, top]['updates_to_eps_reached']}/{len(by[a, top]['updates_to_eps'])}"
+                           f" reached ({by[a, top]['diverged']} diverged)" for a in ALGORITHMS)
+        reached = {a: [m for m in ms if by[a, m]["time_to_eps"] is not None] for a in ALGORITHMS}
+        spread = ", ".join(f"{a} {_f(_cv(by[a, reached[a][-1]]['updates_to_eps']), 2)} "
+                           f"(m = {reached[a][-1]})" if reached[a] else f"{a} —" for a in ALGORITHMS)
+        memory = ", ".join(f"{a} {by[a, top]['peak_buffers']} ({by[a, top]['peak_buffers'] * mb:.1f} MB)"
                            for a in ALGORITHMS)
-        lines += [f"* **{name}**: time to ε (s) over m = {', '.join(map(str, ms))}: {trend}. "
-                  f"At m = {top} the fastest is {best or 'none (no algorithm reached ε)'}. "
-                  f"Spread of updates to ε over seeds at m = {top} (std/mean): {spread}. "
-                  f"Peak parameter buffers at m = {top}: {memory}."]
+        lines += [f"* **{name}**, m = {', '.join(map(str, ms))}.",
+                  f"  * Faster as m grows? Time to ε (s): {trend}. Leashed-SGD ÷ the faster of "
+                  f"Hogwild! and lock: {' → '.join(ratios)} (< 1: Leashed-SGD is faster).",
+                  f"  * More stable? At m = {top}: {failed}; spread of updates to ε over seeds "
+                  f"(std/mean) at the largest m each reached: {spread}.",
+                  f"  * Less memory? Peak parameter buffers at m = {top}: {memory}."]
     return "\n".join(lines)
 
 
 def _cv(values) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) < 2 or len(finite) < len(values):
-        return None if len(finite) < len(values) else 0.0
-    return float(np.std(finite) / np.mean(finite))
+    """std / mean over seeds; None unless every seed (two or more) reached epsilon."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    return float(np.std(values) / np.mean(values))
 
 
 def fill_docs(path: str, blocks: dict[str, str]) -> None:
@@ -621,8 +645,9 @@ def predict(cfg, calibration: dict, cores: Sequence[int], threads: Sequence[int]
         for a in ALGORITHMS:
             for m in ms:
                 cell = simulate_cell(machine, steps[a], a, m, sim_updates, persistence)
-                cell["updates_to_eps"] = conv.updates(cell["staleness_hist"])
-                cell["diverged"] = conv.diverged(cell["staleness_hist"])
+                outcomes = conv.outcomes(cell["staleness_hist"], m)
+                cell["updates_to_eps"] = [u for u, _ in outcomes]
+                cell["diverged"] = sum(d for _, d in outcomes)
                 mean, reached = _mean_reached(cell["updates_to_eps"])
                 cell["updates_to_eps_mean"], cell["updates_to_eps_reached"] = mean, reached
                 cell["time_to_eps"] = mean / cell["updates_per_s"] if mean is not None else None
