@@ -208,6 +208,7 @@ def fake_calibration(cores=2, gil_s=60e-6, step_s=640e-6, update_s=30e-6, read_s
                "step_alone_s": step_s, "step_with_probe_s": step_s + 2e-3, "runqueue_share": 0.01}
            for a in cal.ALGORITHMS}
     gil.update({"switch_interval_s": 2e-4, "probe_cpu": 1, "handoff_pair_s": 4e-6,
+                "gradient_call_s": 30e-6, "update_call_s": 6e-6,
                 "check": {"hold_s": 1e-4, "measured_s": 1.08e-4}, **load})
     grad = [550e-6 * max(1.0, k * 1.2 / cores) * (1.0 if k == 1 else 1.1) for k in range(1, 2 * cores + 1)]
     return {"version": cal.CALIBRATION_VERSION, "cores": cores, "params": 11_274,
@@ -234,6 +235,7 @@ def test_the_calibrated_step_adds_up_to_the_measured_step():
         assert step.time == pytest.approx(640e-6, rel=1e-6)
         assert step.gil == pytest.approx(60e-6) and step.update == pytest.approx(30e-6)
         assert step.read == (pytest.approx(12e-6) if a == "lock" else 0.0)
+        assert step.gil_split == pytest.approx(1 - 36 / 60)  # the gradient and update calls' share
         r = mc.simulate(pr.calibrated_machine(c), step, 1, a, 3000)
         assert r.throughput == pytest.approx(1 / 640e-6, rel=0.01)  # resampled gradient times
     assert pr.intra_op(c) == pytest.approx(1.2)

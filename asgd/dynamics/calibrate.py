@@ -21,7 +21,10 @@
                acquisitions per step = (step time with the probe - without) /
                switch interval; held = probe - acquisitions x hand-off pair;
                the model's GIL time adds back one hand-off per acquisition,
-               what a contended hand-off between two workers costs.
+               what a contended hand-off between two workers costs. The probe
+               also measures the GIL time of the gradient call and of the
+               store update alone: what the step holds between its read and
+               its update; the rest is held before the read.
   concurrency  k = 1, 2, ... threads computing gradients at once: the time of
                one gradient against k (oversubscribed k included); with
   one_core     one gradient pinned to one core, it gives the cores a gradient
@@ -197,13 +200,34 @@ def part_steps(fields: dict, updates: int, reps: int) -> dict:
     return out
 
 
+def _probe_per_call(call, n: int, probe_cpu: int) -> float:
+    """Probe-measured GIL time per ``call(i)``, i = 0..n-1, made by this thread."""
+    with GilProbe(probe_cpu) as probe:
+        for i in range(n):
+            call(i)
+    return probe.lost / n
+
+
 def part_gil(fields: dict, updates: int, reps: int, switch_s: float, probe_cpu: int) -> dict:
     """The probe's measurements; the probe runs on ``probe_cpu``, the runs on this
-    process's CPUs (which must not include it)."""
+    process's CPUs (which must not include it).
+
+    Besides the whole step (m = 1 runs of each algorithm), the probe measures
+    the GIL time of the two calls a worker makes between its read and its
+    update (the gradient call on a snapshot, the store update), which gives
+    the share of the step's GIL time held before the read.
+    """
+    import jax
+
+    from asgd.data import Batches
+    from asgd.store import ParameterStore
+    default_switch = sys.getswitchinterval()
     sys.setswitchinterval(switch_s)
-    handoff = statistics.median(synthetic_gil_cost(0.0, 2000, probe_cpu) for _ in range(3))
-    check = statistics.median(synthetic_gil_cost(1e-4, 1000, probe_cpu) for _ in range(3))
-    sys.setswitchinterval(0.005)
+    try:
+        handoff = statistics.median(synthetic_gil_cost(0.0, 2000, probe_cpu) for _ in range(3))
+        check = statistics.median(synthetic_gil_cost(1e-4, 1000, probe_cpu) for _ in range(3))
+    finally:
+        sys.setswitchinterval(default_switch)
     problem = _problem(fields)
     short, long = max(updates // 4, 20), updates
     out = {"switch_interval_s": switch_s, "probe_cpu": probe_cpu, "handoff_pair_s": handoff,
@@ -216,15 +240,17 @@ def part_gil(fields: dict, updates: int, reps: int, switch_s: float, probe_cpu: 
             lost = {short: [], long: []}
             runqueue, with_probe = [], []
             sys.setswitchinterval(switch_s)
-            for _ in range(reps):
-                for n in (short, long):
-                    with GilProbe(probe_cpu) as probe:
-                        summary = _execute(fields, problem, algorithm, 1, n, workdir)
-                    lost[n].append(probe.lost)
-                    runqueue.append(probe.runqueue / probe.wall)
-                    if n == long:
-                        with_probe.append(summary["updates_per_s"])
-            sys.setswitchinterval(0.005)
+            try:
+                for _ in range(reps):
+                    for n in (short, long):
+                        with GilProbe(probe_cpu) as probe:
+                            summary = _execute(fields, problem, algorithm, 1, n, workdir)
+                        lost[n].append(probe.lost)
+                        runqueue.append(probe.runqueue / probe.wall)
+                        if n == long:
+                            with_probe.append(summary["updates_per_s"])
+            finally:
+                sys.setswitchinterval(default_switch)
             probe_s = (statistics.median(lost[long]) - statistics.median(lost[short])) / (long - short)
             step_alone = 1.0 / statistics.median(alone)
             step_probed = 1.0 / statistics.median(with_probe)
@@ -234,6 +260,30 @@ def part_gil(fields: dict, updates: int, reps: int, switch_s: float, probe_cpu: 
                               "model_s": held + 0.5 * acquisitions * handoff,
                               "step_alone_s": step_alone, "step_with_probe_s": step_probed,
                               "runqueue_share": statistics.median(runqueue)}
+    batches = Batches(problem.train, int(fields["batch_size"]), 0)
+    data = [batches.get(i) for i in range(64)]
+    scales = np.array([1e-12], np.float32)
+    store = ParameterStore(problem.layout.size, mode="leashed", init=problem.init_flat)
+    leaves = []
+
+    def gradient_call(i):
+        with store.acquire() as snapshot:
+            loss, grads = problem.grad_fn(snapshot.array, *data[i % len(data)])
+            leaves[:] = jax.block_until_ready(jax.tree.leaves(grads))
+            float(loss)
+
+    n = max(updates // 4, 50)
+    gradient_call(0)
+    sys.setswitchinterval(switch_s)
+    try:
+        out["gradient_call_s"] = statistics.median(
+            _probe_per_call(gradient_call, n, probe_cpu) for _ in range(reps))
+        out["update_call_s"] = statistics.median(
+            _probe_per_call(lambda i: store.update(leaves, scales, 0), n, probe_cpu)
+            for _ in range(reps))
+    finally:
+        sys.setswitchinterval(default_switch)
+    store.close()
     return out
 
 

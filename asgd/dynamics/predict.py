@@ -55,7 +55,9 @@ def gil_time(calibration: dict, algorithm: str) -> float:
 
 def step_of(calibration: dict, algorithm: str) -> mc.Step:
     """The calibrated step of ``algorithm``: its m = 1 step split into GIL time,
-    the lock's snapshot copy, the GIL-free gradient and the update.
+    the lock's snapshot copy, the GIL-free gradient and the update; the GIL
+    time held between the read and the update is the probe's figure for the
+    gradient call and the store update, the rest is held before the read.
 
     The parts add up to the measured m = 1 step (1 / updates/s): the gradient
     is what is left after the GIL time, the read (lock) and the update, and
@@ -71,9 +73,14 @@ def step_of(calibration: dict, algorithm: str) -> mc.Step:
     if compute < floor:  # an inconsistent calibration: keep the gradient, shrink the GIL share
         gil, compute = max(step_s - read - update - floor, 0.0), floor
     samples = np.asarray(s["compute_samples"], np.float64)
+    g = calibration["gil"]
+    post_read = g["gradient_call_s"] + g["update_call_s"]
+    probe = g[algorithm]["probe_s"]
+    split = min(max(1.0 - post_read / probe, 0.0), 1.0) if probe > 0 else 0.5
     samples = samples * (compute / samples.mean()) if samples.size and samples.mean() > 0 \
         else np.array([compute])
-    return mc.Step(simulator.EmpiricalTimes(samples), gil=gil, read=read, update=update)
+    return mc.Step(simulator.EmpiricalTimes(samples), gil=gil, read=read, update=update,
+                   gil_split=split)
 
 
 def intra_op(calibration: dict) -> float:
@@ -370,15 +377,19 @@ def calibration_md(calibration: dict) -> str:
                      _f(1e6 * statistics.median(s["update_s"]), 1),
                      _f(1e6 * gi["probe_s"], 0), _f(gi["acquisitions"], 1), _f(1e6 * gi["held_s"], 0),
                      _f(1e6 * gi["model_s"], 0), _f(1 / gi["model_s"] if gi["model_s"] > 0 else None, 0),
-                     _f(gi["runqueue_share"], 2, pct=True), _f(step.time * 1e6, 0)])
+                     _f(step.gil_split, 2, pct=True), _f(gi["runqueue_share"], 2, pct=True),
+                     _f(step.time * 1e6, 0)])
     lines.append(_md_table(
         ["algorithm", "m=1 updates/s", "step µs", "gradient call µs", "read µs", "update µs",
          "GIL probe µs/step", "GIL acquisitions/step", "GIL held µs/step", "GIL model µs/step",
-         "GIL ceiling updates/s", "probe run-queue share", "model step µs"], rows))
+         "GIL ceiling updates/s", "GIL share before the read", "probe run-queue share",
+         "model step µs"], rows))
     lines += ["", f"GIL probe check: a thread holding the GIL 100 µs per step measured "
                   f"{1e6 * g['check']['measured_s']:.0f} µs; an empty acquisition costs "
                   f"{1e6 * g['handoff_pair_s']:.1f} µs of hand-offs (switch interval "
-                  f"{1e6 * g['switch_interval_s']:.0f} µs while probing). The lock's hold time is "
+                  f"{1e6 * g['switch_interval_s']:.0f} µs while probing). Between read and update "
+                  f"the gradient call holds the GIL {1e6 * g['gradient_call_s']:.0f} µs and the store "
+                  f"update {1e6 * g['update_call_s']:.0f} µs (probe figures). The lock's hold time is "
                   f"its read + update: {1e6 * (statistics.median(calibration['steps']['lock']['read_s']) + statistics.median(calibration['steps']['lock']['update_s'])):.0f} µs.", ""]
     c = calibration["concurrency"]
     lines.append(_md_table(["gradients at once"] + [str(k) for k in c["threads"]],
