@@ -210,7 +210,8 @@ def fake_calibration(cores=2, gil_s=60e-6, step_s=640e-6, update_s=30e-6, read_s
     gil.update({"switch_interval_s": 2e-4, "probe_cpu": 1, "handoff_pair_s": 4e-6,
                 "gradient_call_s": 30e-6, "update_call_s": 6e-6,
                 "check": {"hold_s": 1e-4, "measured_s": 1.08e-4}, **load})
-    grad = [550e-6 * max(1.0, k * 1.2 / cores) * (1.0 if k == 1 else 1.1) for k in range(1, 2 * cores + 1)]
+    grad = [550e-6 * max(1.0, k * 1.2 / cores) * (1.0 if k == 1 else 1.1)
+            for k in range(1, 2 * cores + 1)]
     return {"version": cal.CALIBRATION_VERSION, "cores": cores, "params": 11_274,
             "config": {"dataset": "digits", "data_dir": "", "eval_fraction": 0.2, "split_seed": 0,
                        "model": "mlp", "mlp_hidden": [128, 128, 128], "batch_size": 32,

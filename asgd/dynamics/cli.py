@@ -252,7 +252,7 @@ def load_train_config(name: str, overrides: list[str]):
     for item in overrides:
         field, sep, text = item.partition("=")
         if not sep or field not in cfg:
-            raise UsageError(f"bad --set {item!r}: expected FIELD=VALUE with a field of the train config")
+            raise UsageError(f"bad --set {item!r}: expected FIELD=VALUE, FIELD a train-config field")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):

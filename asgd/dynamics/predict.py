@@ -43,7 +43,6 @@ from asgd.dynamics import simulator, validation
 
 ALGORITHMS = cal.ALGORITHMS
 COLORS = {"lock": "tab:blue", "hogwild": "tab:orange", "leashed": "tab:green"}
-DOC_BLOCKS = ("calibration", "validation", "predictions", "claims")
 
 
 # ---------------------------------------------------------- the model ----
@@ -73,12 +72,12 @@ def step_of(calibration: dict, algorithm: str) -> mc.Step:
     if compute < floor:  # an inconsistent calibration: keep the gradient, shrink the GIL share
         gil, compute = max(step_s - read - update - floor, 0.0), floor
     samples = np.asarray(s["compute_samples"], np.float64)
-    g = calibration["gil"]
-    post_read = g["gradient_call_s"] + g["update_call_s"]
-    probe = g[algorithm]["probe_s"]
-    split = min(max(1.0 - post_read / probe, 0.0), 1.0) if probe > 0 else 0.5
     samples = samples * (compute / samples.mean()) if samples.size and samples.mean() > 0 \
         else np.array([compute])
+    g = calibration["gil"]
+    probe = g[algorithm]["probe_s"]
+    post_read = g["gradient_call_s"] + g["update_call_s"]
+    split = min(max(1.0 - post_read / probe, 0.0), 1.0) if probe > 0 else 0.5
     return mc.Step(simulator.EmpiricalTimes(samples), gil=gil, read=read, update=update,
                    gil_split=split)
 
@@ -356,55 +355,54 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 
 def calibration_md(calibration: dict) -> str:
     """The calibration in one table per part, with the machine and its load."""
-    m = calibration["machine"]
-    loads = [calibration[p]["load_before"][0] for p in cal.PARTS] + \
-        [calibration[p]["load_after"][0] for p in cal.PARTS]
+    m, config, g = calibration["machine"], calibration["config"], calibration["gil"]
+    loads = [calibration[p][k][0] for p in cal.PARTS for k in ("load_before", "load_after")]
+    us = lambda seconds, digits=0: _f(1e6 * seconds, digits)  # noqa: E731
     lines = [f"Machine: {m['cpu_model'] or 'unknown CPU'}, {calibration['cores']} CPUs used "
              f"({m['cpu_count']} present), Python {m['python']}, jax {m['jax']}, {m['date']}; "
              f"1-minute load average during calibration {min(loads):.2f}–{max(loads):.2f}. "
-             f"Config: {calibration['config']['dataset']}, {calibration['config']['model']} "
-             f"{tuple(calibration['config']['mlp_hidden'])}, batch {calibration['config']['batch_size']}, "
-             f"cpus={calibration['config']['cpus']}.", ""]
-    g = calibration["gil"]
+             f"Config: {config['dataset']}, {config['model']} {tuple(config['mlp_hidden'])}, "
+             f"batch {config['batch_size']}, cpus={config['cpus']}.", ""]
     rows = []
     for a in ALGORITHMS:
         s, gi = calibration["steps"][a], g[a]
         step = step_of(calibration, a)
-        rows.append([a, _f(statistics.median(s["updates_per_s"]), 0),
-                     _f(1e6 / statistics.median(s["updates_per_s"]), 0),
-                     _f(1e6 * statistics.median(s["compute_s"]), 0),
-                     _f(1e6 * statistics.median(s["read_s"]), 1),
-                     _f(1e6 * statistics.median(s["update_s"]), 1),
-                     _f(1e6 * gi["probe_s"], 0), _f(gi["acquisitions"], 1), _f(1e6 * gi["held_s"], 0),
-                     _f(1e6 * gi["model_s"], 0), _f(1 / gi["model_s"] if gi["model_s"] > 0 else None, 0),
+        rate = statistics.median(s["updates_per_s"])
+        rows.append([a, _f(rate, 0), us(1 / rate), us(statistics.median(s["compute_s"])),
+                     us(statistics.median(s["read_s"]), 1), us(statistics.median(s["update_s"]), 1),
+                     us(gi["probe_s"]), _f(gi["acquisitions"], 1), us(gi["held_s"]), us(gi["model_s"]),
+                     _f(1 / gi["model_s"] if gi["model_s"] > 0 else None, 0),
                      _f(step.gil_split, 2, pct=True), _f(gi["runqueue_share"], 2, pct=True),
-                     _f(step.time * 1e6, 0)])
+                     us(step.time)])
     lines.append(_md_table(
         ["algorithm", "m=1 updates/s", "step µs", "gradient call µs", "read µs", "update µs",
          "GIL probe µs/step", "GIL acquisitions/step", "GIL held µs/step", "GIL model µs/step",
          "GIL ceiling updates/s", "GIL share before the read", "probe run-queue share",
          "model step µs"], rows))
+    lock = calibration["steps"]["lock"]
+    hold = statistics.median(lock["read_s"]) + statistics.median(lock["update_s"])
     lines += ["", f"GIL probe check: a thread holding the GIL 100 µs per step measured "
-                  f"{1e6 * g['check']['measured_s']:.0f} µs; an empty acquisition costs "
-                  f"{1e6 * g['handoff_pair_s']:.1f} µs of hand-offs (switch interval "
-                  f"{1e6 * g['switch_interval_s']:.0f} µs while probing). Between read and update "
-                  f"the gradient call holds the GIL {1e6 * g['gradient_call_s']:.0f} µs and the store "
-                  f"update {1e6 * g['update_call_s']:.0f} µs (probe figures). The lock's hold time is "
-                  f"its read + update: {1e6 * (statistics.median(calibration['steps']['lock']['read_s']) + statistics.median(calibration['steps']['lock']['update_s'])):.0f} µs.", ""]
+                  f"{us(g['check']['measured_s'])} µs; an empty acquisition costs "
+                  f"{us(g['handoff_pair_s'], 1)} µs of hand-offs (switch interval "
+                  f"{us(g['switch_interval_s'])} µs while probing). Between read and update "
+                  f"the gradient call holds the GIL {us(g['gradient_call_s'])} µs and the store "
+                  f"update {us(g['update_call_s'])} µs (probe figures). The lock's hold time is "
+                  f"its read + update: {us(hold)} µs.", ""]
     c = calibration["concurrency"]
     lines.append(_md_table(["gradients at once"] + [str(k) for k in c["threads"]],
-                           [["µs per gradient"] + [_f(1e6 * t, 0) for t in c["gradient_s"]],
+                           [["µs per gradient"] + [us(t) for t in c["gradient_s"]],
                             ["contention beyond processor sharing"] +
                             [_f(x, 2) for x in contention(calibration)]]))
-    lines += ["", f"One gradient pinned to one core: {1e6 * calibration['one_core']['gradient_s'][0]:.0f} µs, "
-                  f"so a gradient alone keeps {intra_op(calibration):.2f} cores busy (intra-op threads)."]
     cp, b = calibration["copies"], calibration["batches"]
-    lines += ["", f"Store copies (copy + axpy of {cp['bytes'] / 1e6:.2f} MB per update, one store "
-                  f"per thread): " + ", ".join(f"{k} thread(s) {1e6 * t:.1f} µs/update = {gb:.1f} GB/s"
-                                              for k, t, gb in zip(cp["threads"], cp["update_s"], cp["gbs"])) + ".",
-              "", "Gradient time vs batch size (one thread): " +
-              ", ".join(f"b={bs}: {1e6 * t:.0f} µs" for bs, t in zip(b["batch_size"], b["gradient_s"])) +
-              f"; fit {1e6 * b['fit']['fixed_s']:.0f} µs + {1e6 * b['fit']['per_example_s']:.2f} µs × b."]
+    copies = ", ".join(f"{k} thread(s) {us(t, 1)} µs/update = {gb:.1f} GB/s"
+                       for k, t, gb in zip(cp["threads"], cp["update_s"], cp["gbs"]))
+    batches = ", ".join(f"b={bs}: {us(t)} µs" for bs, t in zip(b["batch_size"], b["gradient_s"]))
+    lines += ["", f"One gradient pinned to one core: {us(calibration['one_core']['gradient_s'][0])} µs, "
+                  f"so a gradient alone keeps {intra_op(calibration):.2f} cores busy (intra-op threads).",
+              "", f"Store copies (copy + axpy of {cp['bytes'] / 1e6:.2f} MB per update, one store "
+                  f"per thread): {copies}.",
+              "", f"Gradient time vs batch size (one thread): {batches}; fit "
+                  f"{us(b['fit']['fixed_s'])} µs + {us(b['fit']['per_example_s'], 2)} µs × b."]
     return "\n".join(lines)
 
 
@@ -457,9 +455,11 @@ def predictions_md(result: dict) -> str:
         caps = result["gil_caps"].get(name, {})
         top = max(r["threads"] for r in cells)
         cap_text = "; ".join(f"{a}: GIL {1e6 / c['ceiling']:.0f} µs per step, 1/GIL = "
-                             f"{_f(c['ceiling'], 0)} updates/s, "
-                             + (f"reached (≥ 90 %) from m = {c['m_cap']}" if c["m_cap"]
-                                else f"not reached (≥ 90 %) up to m = {top}")
+                             f"{_f(c['ceiling'], 0)} updates/s ("
+                             + (f"the ideal reaches it at m ≈ {c['m_cross']:.1f}" if c["m_cross"]
+                                else "the ideal stays below it") + "), "
+                             + (f"90 % of it reached from m = {c['m_cap']}" if c["m_cap"]
+                                else f"90 % of it not reached up to m = {top}")
                              for a, c in caps.items())
         blocks.append(f"**{name}** — GIL cap: {cap_text or 'none (no GIL)'}.\n\n" + _md_table(
             ["algorithm", "m", "updates/s", "GIL busy", "τ mean", "τ max", "CAS fails/upd", "drops/upd",
@@ -603,9 +603,10 @@ def figure(result: dict, path: str) -> None:
 
 # ------------------------------------------------------------ the run ----
 
-def gil_caps(cells: list[dict], threads: Sequence[int]) -> dict:
-    """Per algorithm: the GIL ceiling and the smallest m whose predicted updates/s
-    is >= 90 % of it (None if none up to the largest m)."""
+def gil_caps(cells: list[dict], cores: int) -> dict:
+    """Per algorithm: the GIL ceiling, the m at which the compute-only ideal
+    min(m, P) / step would reach it (None if it cannot on P cores), and the
+    smallest m whose predicted updates/s is >= 90 % of it (None if none)."""
     out = {}
     for a in ALGORITHMS:
         mine = sorted((r for r in cells if r["algorithm"] == a), key=lambda r: r["threads"])
@@ -613,8 +614,8 @@ def gil_caps(cells: list[dict], threads: Sequence[int]) -> dict:
             continue
         ceiling = mine[0]["gil_ceiling"]
         m_cap = next((r["threads"] for r in mine if r["updates_per_s"] >= 0.9 * ceiling), None)
-        out[a] = {"ceiling": ceiling, "m_cap": m_cap,
-                  "m_cross": mine[0]["step_s"] * ceiling}  # ideal m / step = 1 / GIL time
+        cross = mine[0]["step_s"] * ceiling  # m / step = 1 / GIL time
+        out[a] = {"ceiling": ceiling, "m_cap": m_cap, "m_cross": cross if cross <= cores else None}
     return out
 
 
@@ -636,18 +637,19 @@ def predict(cfg, calibration: dict, cores: Sequence[int], threads: Sequence[int]
         machines += [target_machine(calibration, p, memory_gbs, grad_slowdown, gil=False)
                      for p in cores]
     conv = Convergence(cfg, seeds, epsilon, window, max_updates)
+    slowdown = grad_slowdown_of(calibration) if grad_slowdown is None else grad_slowdown
+    model = f"{cfg.model} {tuple(cfg.mlp_hidden)}" if cfg.model == "mlp" else cfg.model
     result = {"settings": {"cores": list(cores), "threads": list(threads), "memory_gbs": memory_gbs,
-                           "grad_slowdown": grad_slowdown_of(calibration) if grad_slowdown is None
-                           else grad_slowdown, "intra_op": intra_op(calibration), "epsilon": epsilon, "window": window,
-                           "max_updates": max_updates, "seeds": list(seeds),
-                           "sim_updates": sim_updates, "persistence": persistence,
-                           "measure_threads": list(measure_threads),
+                           "grad_slowdown": slowdown, "intra_op": intra_op(calibration),
+                           "epsilon": epsilon, "window": window, "max_updates": max_updates,
+                           "seeds": list(seeds), "sim_updates": sim_updates,
+                           "persistence": persistence, "measure_threads": list(measure_threads),
                            "measure_updates": measure_updates},
               "calibrated_name": here.name, "params": int(calibration["params"]),
               "predictions": {}, "ideal": {}, "gil_caps": {}, "measured": None, "validation": None,
-              "config_text": (f"{cfg.dataset} {cfg.model} {tuple(cfg.mlp_hidden) if cfg.model == 'mlp' else ''}, "
-                              f"batch {cfg.batch_size}, {cfg.stepsize} step {cfg.learning_rate:g}; "
-                              f"calibrated on {calibration['machine']['cpu_model'] or 'this machine'} "
+              "config_text": (f"{cfg.dataset} {model}, batch {cfg.batch_size}, {cfg.stepsize} step "
+                              f"{cfg.learning_rate:g}; calibrated on "
+                              f"{calibration['machine']['cpu_model'] or 'this machine'} "
                               f"({calibration['machine']['date']})")}
     t0 = time.perf_counter()
     for machine in machines:
@@ -669,7 +671,7 @@ def predict(cfg, calibration: dict, cores: Sequence[int], threads: Sequence[int]
         result["predictions"][machine.name] = cells
         result["ideal"][machine.name] = {str(m): ideal_rate(calibration, machine, m, machine is here)
                                         for m in ms}
-        result["gil_caps"][machine.name] = gil_caps(cells, ms)
+        result["gil_caps"][machine.name] = gil_caps(cells, machine.cores)
     if measure_threads:
         measured = measure(cfg, measure_threads, seeds, measure_updates, epsilon, window,
                            workdir, conv.problems, log)
