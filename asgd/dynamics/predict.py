@@ -132,10 +132,12 @@ def grad_slowdown_of(calibration: dict) -> float:
 
 def ideal_rate(calibration: dict, machine: mc.Machine, threads: int, here: bool) -> float:
     """Compute-only ideal: gradients/s of m threads computing gradients and nothing else
-    (measured on this machine where measured, else min(m, P) / gradient time)."""
+    (on this machine as measured, up to the largest k measured; elsewhere
+    min(m, P) / the gradient's time alone)."""
     c = calibration["concurrency"]
-    if here and threads <= len(c["gradient_s"]):
-        return threads / c["gradient_s"][threads - 1]
+    if here:  # beyond the measured k, time-slicing adds nothing
+        k = min(threads, len(c["gradient_s"]))
+        return k / c["gradient_s"][k - 1]
     return min(threads, machine.cores) / c["gradient_s"][0]
 
 
