@@ -259,14 +259,21 @@ def test_config_fields_round_trip(config):
 
 @pytest.mark.slow
 def test_gil_probe_measures_a_known_gil_hold():
+    """As the calibration uses it: the probe on a CPU of its own, the load on another."""
+    import os
     import sys
-    old = sys.getswitchinterval()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("the probe needs a CPU of its own")
+    switch = sys.getswitchinterval()
+    os.sched_setaffinity(0, cpus[:1])  # this thread and the synthetic worker it starts
     sys.setswitchinterval(2e-4)
     try:
-        empty = cal.synthetic_gil_cost(0.0, 1000, None)
-        held = cal.synthetic_gil_cost(3e-4, 500, None)
+        empty = cal.synthetic_gil_cost(0.0, 1000, cpus[1])
+        held = cal.synthetic_gil_cost(3e-4, 500, cpus[1])
     finally:
-        sys.setswitchinterval(old)
+        sys.setswitchinterval(switch)
+        os.sched_setaffinity(0, cpus)
     assert held - empty == pytest.approx(3e-4, rel=0.3)
 
 
