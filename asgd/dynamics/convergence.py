@@ -27,7 +27,7 @@ import numpy as np
 
 from asgd import staleness as st
 
-MAX_RING = 1024  # the oldest iterate kept; larger tau are clamped to it
+MAX_RING = 512  # iterates kept (512 x d floats); larger tau are clamped to 511
 
 
 def draw_staleness(hist, steps: int, rng) -> np.ndarray:
