@@ -67,10 +67,16 @@ MAX_SAMPLES = 4000  # compute-time samples kept per algorithm
 # ------------------------------------------------------------- the config ----
 
 def config_fields(cfg) -> dict:
-    """The train-config fields a calibration depends on (and records)."""
+    """The train-config fields a calibration depends on (and records).
+
+    ``cpus`` is the machine calibrated: N > 0 CPUs, or all allowed (0; the
+    default -1, one CPU per worker, pins train.py's runs, not the machine).
+    """
     keys = ("dataset", "data_dir", "eval_fraction", "split_seed", "model", "mlp_hidden",
             "batch_size", "learning_rate", "stepsize", "persistence", "cpus", "seed")
-    return {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]) for k in keys}
+    fields = {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]) for k in keys}
+    fields["cpus"] = max(int(fields["cpus"]), 0)
+    return fields
 
 
 def config_from_fields(fields: dict):
@@ -452,7 +458,7 @@ def calibrate(cfg, updates: int = 1500, reps: int = 3, concurrency: list[int] | 
     parse(cfg)
     fields = config_fields(cfg)
     allowed = sorted(os.sched_getaffinity(0))
-    cpus = allowed[:cfg.cpus] if cfg.cpus else allowed
+    cpus = allowed[:cfg.cpus] if cfg.cpus > 0 else allowed
     p = len(cpus)
     concurrency = concurrency or list(range(1, 2 * p + 1))
     batch_sizes = sorted(set(batch_sizes or [16, 32, 64, 128, 256]) | {int(cfg.batch_size)})
