@@ -292,9 +292,9 @@ def main(argv: list[str], prog: str = "asgd-train") -> int:
     from asgd.executors.base import RunAborted
     with stop_signals(prog) as signals:
         try:
-            from asgd.run import execute, parse, restrict_cpus
+            from asgd.run import execute, parse, pin_process
             specs = parse(cfg)
-            restrict_cpus(specs.cpus)
+            pin_process(specs)
             summary = execute(specs, cfg.to_dict())
         except ValueError as e:  # bad config values, data, step-size parameters
             fail(prog, _first_line(e))

@@ -147,7 +147,8 @@ def test_tickets_at_the_epoch_cap_let_the_tickets_in_flight_finish():
     assert tickets.take() is None and not tickets.stopped
     tickets.finish(True)
     assert tickets.take() is None and tickets.stop_reason == "epochs"
-    assert (tickets.applied, tickets.in_flight, tickets.next_batch) == (2, 0, 3)
+    state = tickets.state()
+    assert (state.applied, state.in_flight, state.next_batch) == (2, 0, 3)
 
 
 def test_a_gradient_that_finds_the_run_stopped_is_discarded_unrecorded():
@@ -157,7 +158,7 @@ def test_a_gradient_that_finds_the_run_stopped_is_discarded_unrecorded():
     tickets.stop("time_budget")
     assert not log.gradient(tickets, 5.0, 0.1, 0.2)
     assert log.loss == [] and log.compute_s == [0.2] and log.discarded == 1
-    assert tickets.in_flight == 0 and tickets.applied == 0
+    assert tickets.state().in_flight == 0 and tickets.applied == 0
 
 
 def test_a_target_loss_stop_reports_the_loss_that_reached_the_target(tmp_path):
