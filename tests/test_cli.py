@@ -218,6 +218,8 @@ def test_a_second_ctrl_c_exits_at_once_without_a_traceback(tmp_path):
     time.sleep(0.05)  # the run is stopping: workers join, summary, exit handlers
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGINT, stderr
+    # 130, or killed by SIGINT itself (-2) when it lands after Python >= 3.12 has
+    # restored the default handlers at the very end of its shutdown; a shell shows 130 for both
+    assert proc.returncode in (128 + signal.SIGINT, -signal.SIGINT), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert 1 <= len(stderr.splitlines()) <= 2
