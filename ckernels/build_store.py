@@ -43,20 +43,15 @@ HEADERS = ("pstore.h", "pworker.h")
 SOURCES = ("pstore.c", "pworker.c", "pworker_ffi.c")
 
 
-def jaxlib_include() -> str:
-    """XLA's FFI headers as jaxlib ships them (``jax.ffi.include_dir()``), found
-    without importing jax; ``ASGD_JAXLIB_INCLUDE`` overrides. The handlers in
-    pworker_ffi.c report the API version of these headers, so build against a
-    jaxlib no newer than the one that runs them (normally the same)."""
-    import importlib.util
+def ffi_include() -> list[str]:
+    """Where ``xla/ffi/api/c_api.h`` comes from: ``ASGD_JAXLIB_INCLUDE`` if set,
+    else the copy in ckernels/xla/ (XLA's FFI C API 0.1, from jaxlib 0.5.3, the
+    oldest jax asgd supports). A handler reports the API version of the header
+    it was built with, and XLA refuses one newer than its own: built against a
+    newer jaxlib's header (0.3 in jaxlib 0.10), the kernel failed to register
+    on jaxlib 0.6 (0.1). Built against the oldest, one wheel serves them all."""
     override = os.environ.get("ASGD_JAXLIB_INCLUDE")
-    if override:
-        return override
-    spec = importlib.util.find_spec("jaxlib")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("building asgd's C kernel needs jaxlib's XLA FFI headers: "
-                           "pip install jaxlib (or set ASGD_JAXLIB_INCLUDE)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "include")
+    return [override] if override else []
 
 
 def header_cdef(paths=tuple(os.path.join(HERE, h) for h in HEADERS)) -> str:
@@ -109,7 +104,7 @@ def make_builder(absolute=False, flags=None, module="asgd._pstore"):
         # file, which makes setuptools rebuild the extension
         f'/* built with: {quoted} */\n#include "pstore.h"\n#include "pworker.h"',
         sources=[os.path.join(base, "ckernels", c) for c in SOURCES],
-        include_dirs=[os.path.join(base, "ckernels"), jaxlib_include()],
+        include_dirs=[*ffi_include(), os.path.join(base, "ckernels")],
         depends=[os.path.join(base, "ckernels", h) for h in HEADERS],
         extra_compile_args=flags,
         define_macros=[("PSTORE_CFLAGS", f'"{quoted}"')],
