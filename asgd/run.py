@@ -10,14 +10,17 @@ create ``<workdir>/runs/<timestamp>-<name>/`` and run the executor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import shutil
 
 from asgd import data, executors, metrics, models, rules
-from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, RaySpec, RunSpec, Specs, StepSizeSpec,
-                        StopSpec)
+from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, OptimizerSpec, RaySpec, RunSpec, Specs,
+                        StepSizeSpec, StopSpec)
 
 FLOAT32_MAX = 3.4028234663852886e38
+DEFAULT_THREADS = 2  # threads = 0: this many workers (sequential: 1)
 # Algorithms whose updates all have staleness 0 (sync applies one update per
 # round, computed on the round's version).
 STALENESS_FREE = ("sequential", "sync")
@@ -42,9 +45,29 @@ def _integer(name: str, value, low: int) -> int:
     return int(value)
 
 
+def threads_of(cfg) -> int:
+    """The worker count a config asks for: ``threads``, or for 0 the algorithm's default."""
+    if isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads:
+        raise ConfigError(f"threads must be an integer, got {cfg.threads!r}")
+    if cfg.threads == 0:
+        return 1 if cfg.algorithm == "sequential" else DEFAULT_THREADS
+    return int(cfg.threads)
+
+
 def run_name(cfg) -> str:
     """The results folder's name after its timestamp: ``name``, or what the run is."""
-    return cfg.name or f"{cfg.algorithm}-m{cfg.threads}"
+    return cfg.name or f"{cfg.algorithm}-m{threads_of(cfg)}"
+
+
+def check_workdir(workdir: str) -> None:
+    """The results can be written under ``workdir``: its nearest existing folder is writable."""
+    probe = os.path.abspath(workdir or ".")
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"workdir {workdir!r} cannot be created: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"workdir {workdir!r} is not writable ({probe})")
 
 
 def parse(cfg) -> Specs:
@@ -71,10 +94,11 @@ def parse(cfg) -> Specs:
     backend = cfg.backend
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
-    threads = cfg.threads
+    threads = threads_of(cfg)
     if not 1 <= threads <= executors.MAX_THREADS:
         what = "threads (Ray worker actors)" if backend == "ray" else "threads"
-        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS}, got {threads}")
+        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS} (or 0: the algorithm's "
+                          f"default), got {threads}")
     if cfg.algorithm == "sequential" and threads != 1:
         raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={threads}")
     if cfg.persistence < -1:
@@ -82,6 +106,8 @@ def parse(cfg) -> Specs:
     if cfg.stepsize == "dc_asgd" and cfg.algorithm not in ("sequential", "leashed"):
         raise ConfigError("stepsize 'dc_asgd' needs each update's theta_now - theta_read, which "
                           "the sequential and leashed executors provide; use one of those")
+    if cfg.worker not in ("compiled", "python"):
+        raise ConfigError(f"unknown worker {cfg.worker!r}; choose 'compiled' or 'python'")
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
     if not (0 < cfg.learning_rate <= FLOAT32_MAX and math.isfinite(cfg.learning_rate)):
@@ -100,7 +126,18 @@ def parse(cfg) -> Specs:
     ray = None
     if backend == "ray":
         ray = _ray_spec(cfg)
-    stepsize = stepsize_spec(cfg)
+    stepsize = stepsize_spec(cfg, threads)
+    check_workdir(cfg.workdir)
+    optimizer = optimizer_spec(cfg)
+    if optimizer.name != "sgd":
+        # The step-size rule scales the optimizer's learning rate: alpha(tau) built from it.
+        stepsize = dataclasses.replace(stepsize, alpha=optimizer.learning_rate)
+        if backend == "ray" or cfg.stepsize == "dc_asgd":
+            raise ConfigError(f"optimizer {optimizer.name!r} runs on the local backend with a "
+                              f"step-size table rule, not with {'backend ray' if backend == 'ray' else 'dc_asgd'}")
+        if cfg.worker == "python" and cfg.algorithm != "sync":
+            raise ConfigError(f"optimizer {optimizer.name!r} keeps its state in the store through the "
+                              f"compiled worker loop: use worker='compiled' (or algorithm 'sync')")
     if ray is not None:
         from asgd.executors.ray import ALGORITHMS as RAY_ALGORITHMS, RayBackendError, address
         if cfg.algorithm not in RAY_ALGORITHMS:
@@ -115,24 +152,27 @@ def parse(cfg) -> Specs:
         model=ModelSpec(cfg.model, (("hidden", tuple(int(h) for h in hidden)),)
                         if cfg.model == "mlp" else (), int(cfg.seed)),
         stepsize=stepsize,
+        optimizer=optimizer,
         executor=ExecutorSpec(cfg.algorithm, int(threads),
                               int(cfg.persistence) if cfg.algorithm == "leashed" else -1,
-                              int(cfg.batch_size), int(cfg.seed), ray),
+                              int(cfg.batch_size), int(cfg.seed), ray, cfg.worker),
         run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
                     _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
                     run_name(cfg)),
-        cpus=_integer("cpus", cfg.cpus, 0))
+        cpus=_integer("cpus", cfg.cpus, -1))
 
 
-def stepsize_spec(cfg) -> StepSizeSpec:
+def stepsize_spec(cfg, threads: int | None = None) -> StepSizeSpec:
     """The step-size fields of a train config, typed and checked (``asgd.rules.check``).
 
+    ``threads``: the run's worker count (default: the config's, resolved by ``threads_of``).
     Sequential and sync runs, and runs with one worker, never see staleness
     (tau is always 0): their spec says so, and every rule is then alpha.
     """
-    staleness_free = cfg.algorithm in STALENESS_FREE or int(cfg.threads) == 1
+    threads = threads_of(cfg) if threads is None else threads
+    staleness_free = cfg.algorithm in STALENESS_FREE or int(threads) == 1
     spec = StepSizeSpec(
-        cfg.stepsize, float(cfg.learning_rate), int(cfg.threads), cfg.stepsize_model,
+        cfg.stepsize, float(cfg.learning_rate), int(threads), cfg.stepsize_model,
         float(cfg.stepsize_model_param), cfg.stepsize_target, float(cfg.stepsize_target_param),
         float(cfg.stepsize_cap), float(cfg.tail_amplitude), int(cfg.stepsize_window),
         float(cfg.dc_lambda), staleness_free)
@@ -172,6 +212,22 @@ def stepsize_warning(spec: StepSizeSpec) -> str | None:
     return f"stepsize={spec.name}: {WORSE_THAN_CONSTANT[spec.name]}"
 
 
+def optimizer_spec(cfg) -> OptimizerSpec:
+    """The optimizer fields of a train config, typed and checked (``asgd.optimizers.check``)."""
+    from asgd import optimizers
+    rate = float(cfg.optimizer_learning_rate)
+    if rate == 0:
+        rate = optimizers.DEFAULT_LEARNING_RATES.get(cfg.optimizer, 0.0)
+    spec = OptimizerSpec(cfg.optimizer, rate, float(cfg.optimizer_momentum),
+                         float(cfg.optimizer_b1), float(cfg.optimizer_b2), float(cfg.optimizer_eps),
+                         float(cfg.optimizer_decay), float(cfg.optimizer_weight_decay))
+    try:
+        optimizers.check(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
 def default_config():
     """``configs/default.py``'s config: every train field with its default."""
     from asgd.configs import default
@@ -189,23 +245,50 @@ def _ray_spec(cfg) -> RaySpec:
                    int(cfg.ray_max_restarts))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; says what it left behind.
+
+    ``run_dir``: its results folder, or None if none is left (interrupted
+    before the run started: a folder ``execute`` made for it is removed);
+    ``summary_written``: whether summary.json records what was measured.
+    """
+
+    def __init__(self, run_dir: str | None, summary_written: bool):
+        super().__init__(run_dir)
+        self.run_dir, self.summary_written = run_dir, summary_written
+
+
 def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None) -> dict:
     """Run validated specs; ``config`` is what config.json records.
 
     ``problem`` (from ``asgd.problem.make_problem`` of the same data and model
     specs) skips loading and compiling again. Returns summary.json's content
-    plus ``run_dir``.
+    plus ``run_dir``. Bad data raises before the results folder is created;
+    Ctrl-C raises ``Interrupted``.
     """
     from asgd.problem import make_problem
-    problem = problem or make_problem(specs.data, specs.model)
-    examples = len(problem.train.y)
-    if specs.executor.batch_size > examples:
-        raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training set "
-                          f"({examples} examples)")
-    rule = rules.update_rule(specs.stepsize)
-    run_dir = run_dir or metrics.new_run_dir(specs.run.workdir, specs.run.name)
-    with metrics.RunWriter(run_dir, config) as writer:
-        summary = executors.run(specs.executor, specs.run, problem, writer, rule)
+    made = None
+    try:
+        problem = problem or make_problem(specs.data, specs.model)
+        examples = len(problem.train.y)
+        if specs.executor.batch_size > examples:
+            raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training "
+                              f"set ({examples} examples)")
+        rule = rules.update_rule(specs.stepsize, specs.optimizer)
+        if run_dir is None:
+            try:
+                run_dir = made = metrics.new_run_dir(specs.run.workdir, specs.run.name)
+            except OSError as e:
+                raise ConfigError(f"cannot create the results folder under workdir "
+                                  f"{specs.run.workdir!r}: {e.strerror or e}") from None
+        with metrics.RunWriter(run_dir, config) as writer:
+            summary = executors.run(specs.executor, specs.run, problem, writer, rule)
+    except KeyboardInterrupt:
+        written = run_dir is not None and os.path.exists(os.path.join(run_dir, "summary.json"))
+        if made is not None and not written:  # nothing measured yet: leave nothing behind
+            shutil.rmtree(made, ignore_errors=True)
+            run_dir = None
+        raise Interrupted(run_dir and os.path.abspath(run_dir), written) from None
     summary["run_dir"] = os.path.abspath(run_dir)
     return summary
 
@@ -215,14 +298,30 @@ def train(cfg, run_dir: str | None = None, problem=None) -> dict:
     return execute(parse(cfg), cfg.to_dict(), run_dir, problem)
 
 
-def restrict_cpus(count: int) -> None:
-    """Pin the process to ``count`` CPUs (0: leave it) before JAX starts its thread pools.
+def pin_process(specs: Specs) -> None:
+    """Apply ``cpus`` to this process (the run's own), before JAX starts.
 
-    XLA sizes its intra-op pools from the allowed CPUs, so this is the knob
-    that makes m workers occupy about m cores (XLA flags did not).
+    With the Ray backend the workers are other processes: only an explicit
+    count pins the driver.
     """
+    if specs.executor.ray is None or specs.cpus > 0:
+        restrict_cpus(specs.cpus, specs.executor.threads)
+
+
+def restrict_cpus(count: int, threads: int = 1) -> None:
+    """Pin the process to ``count`` CPUs before JAX starts its thread pools.
+
+    -1: one per worker, min(threads, available); 0: leave the process as it is.
+    XLA runs a computation on its own intra-op pool, sized from the CPUs the
+    process may use when JAX starts: with as many CPUs as workers, each of the
+    m concurrent gradients gets a core, while a lone gradient on a wider pool
+    is split over the cores, which is slower for small models (XLA flags did
+    not change that; the affinity does).
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if count == -1:
+        count = min(threads, len(allowed))
     if count:
-        allowed = sorted(os.sched_getaffinity(0))
         if count > len(allowed):
             raise ConfigError(f"cpus={count} but only {len(allowed)} CPUs are available")
         os.sched_setaffinity(0, allowed[:count])

@@ -64,6 +64,9 @@ def main():
     p.add_argument("--updates", type=int, default=1000, help="applied updates per run (default 1000)")
     p.add_argument("--targets", type=numbers, default=[0.5, 0.3],
                    help="training-loss levels eps (default 0.5,0.3)")
+    p.add_argument("--worker", default="python",
+                   help="the runs' worker loop: python (default, as docs/mindthestep.md's table) or "
+                        "compiled")
     p.add_argument("--data-dir", default=MNIST, help="raw MNIST IDX files (default ../shared/data/mnist)")
     p.add_argument("--out", default="stepsize_runs", help="results folder (default ./stepsize_runs)")
     args = p.parse_args()
@@ -78,7 +81,7 @@ def main():
 
     def config(algorithm, m, rule, alpha, seed):
         cfg = mnist_mlp.get_config()
-        cfg.data_dir = args.data_dir
+        cfg.data_dir, cfg.worker, cfg.cpus = args.data_dir, args.worker, 0  # no pinning: one process
         cfg.algorithm, cfg.threads, cfg.learning_rate, cfg.seed = algorithm, m, alpha, seed
         name, _, target = rule.partition(":")
         cfg.stepsize = name

@@ -88,6 +88,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -135,6 +136,7 @@ struct pstore {
     alignas(CACHELINE) _Atomic uint64_t free_head;  /* idx | tag<<16 */
     alignas(CACHELINE) _Atomic int64_t ver;         /* HOGWILD/LOCKED version */
     pthread_mutex_t mu;                             /* LOCKED data lock */
+    sem_t writer;                                   /* LOCKED: one read-modify-write at a time */
     pthread_mutex_t alloc_mu;                       /* allocation only (rare) */
     _Atomic int32_t nalloc;                         /* buffers with data */
 
@@ -150,6 +152,7 @@ struct pstore {
 #ifndef PSTORE_CFLAGS
 #define PSTORE_CFLAGS "unknown"
 #endif
+/* the widest vector set the compiler may use everywhere (the baseline) */
 #if defined(__AVX512F__)
 #define PSTORE_VECTOR "avx512f"
 #elif defined(__AVX2__)
@@ -160,8 +163,41 @@ struct pstore {
 #define PSTORE_VECTOR "none"
 #endif
 
+/* Run-time dispatch of the vector kernels. The element loops below are
+ * compiled three times (GCC/Clang target_clones): for AVX-512F, AVX2 and the
+ * baseline the rest of the file is built for; the dynamic loader picks one per
+ * function once, by the CPU it runs on (an ifunc resolver), so one binary runs
+ * on any x86-64 and uses AVX-512 where the CPU has it. Left out when the
+ * baseline is already AVX-512 (e.g. -march=native on such a CPU: nothing wider
+ * to dispatch to), off x86-64 or ELF, and with -DPSTORE_NO_CLONES. */
+#if defined(__has_attribute) && !defined(PSTORE_NO_CLONES) && \
+    defined(__x86_64__) && defined(__ELF__) && !defined(__AVX512F__)
+#if __has_attribute(target_clones)
+#define PSTORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PSTORE_CLONE_LIST "avx512f,avx2,default"
+#define PSTORE_HAVE_CLONES 1
+#endif
+#endif
+#ifndef PSTORE_CLONES
+#define PSTORE_CLONES
+#define PSTORE_CLONE_LIST "none"
+#endif
+
 const char *pstore_build_info(void) {
-    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR;
+    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR
+           ";clones=" PSTORE_CLONE_LIST;
+}
+
+const char *pstore_dispatch(void) {
+#ifdef PSTORE_HAVE_CLONES
+    /* the resolver's rule: the first clone, in this order, the CPU supports */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (__builtin_cpu_supports("avx2")) return "avx2";
+    return "default";
+#else
+    return "none";
+#endif
 }
 
 const char *pstore_strerror(int code) {
@@ -179,13 +215,13 @@ const char *pstore_strerror(int code) {
 /* ------------------------------------------------------------------------ */
 /* kernels                                                                   */
 
-static void copy_axpy(float *restrict y, const float *restrict x,
+PSTORE_CLONES static void copy_axpy(float *restrict y, const float *restrict x,
                       const float *restrict u, float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] = x[i] + s * u[i];
 }
 
-static void axpy_private(float *restrict y, const float *restrict u, float s,
+PSTORE_CLONES static void axpy_private(float *restrict y, const float *restrict u, float s,
                          int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
@@ -195,13 +231,13 @@ static void axpy_private(float *restrict y, const float *restrict u, float s,
  * Aligned float loads/stores do not tear on the targets we build for; what
  * may happen is a lost update of an element (two threads read the same old
  * value), which is what Hogwild! accepts. */
-PSTORE_RACY static void axpy_racy(float *restrict y, const float *restrict u,
+PSTORE_RACY PSTORE_CLONES static void axpy_racy(float *restrict y, const float *restrict u,
                                   float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
 }
 
-PSTORE_RACY static void copy_racy(float *restrict dst, const float *restrict src,
+PSTORE_RACY PSTORE_CLONES static void copy_racy(float *restrict dst, const float *restrict src,
                                   int64_t n) {
     /* a loop, not memcpy: the sanitizer intercepts memcpy */
 #pragma omp simd
@@ -237,11 +273,10 @@ static inline void cnt_add(_Atomic int64_t *c, int64_t v) {
     atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
-static void live_inc(pstore *s) {
-    int64_t l = atomic_fetch_add_explicit(&s->live, 1, memory_order_relaxed) + 1;
+static void peak_raise(pstore *s, int64_t v) {
     int64_t p = atomic_load_explicit(&s->peak_live, memory_order_relaxed);
-    while (l > p && !atomic_compare_exchange_weak_explicit(
-                        &s->peak_live, &p, l, memory_order_relaxed,
+    while (v > p && !atomic_compare_exchange_weak_explicit(
+                        &s->peak_live, &p, v, memory_order_relaxed,
                         memory_order_relaxed)) {
     }
 }
@@ -305,9 +340,14 @@ static int32_t alloc_buffer(pstore *s) {
  * buffer becomes PRIVATE to the caller. Returns index or error (<0). */
 static int32_t take_buffer(pstore *s) {
     /* live is counted up before the buffer is taken and down after it is
-     * pushed back, so it never under-counts the buffers not on the stack:
-     * peak_live >= allocated, and peak_live obeys the same memory bound. */
-    live_inc(s);
+     * pushed back, so it never under-counts the buffers not on the stack; it
+     * may also count takers that have not got a buffer yet (some of which
+     * fail at the cap), so the peak is not taken from it.
+     * Invariant P: peak_live = allocated once the allocating call returns. A
+     * buffer is allocated only when the free stack is empty, i.e. when every
+     * allocated buffer is out at once, so the allocated count is the peak of
+     * buffers out of the pool; a failed allocation changes neither. */
+    cnt_add(&s->live, 1);
     int32_t i = pool_pop(s);
     if (i < 0) {
         i = alloc_buffer(s);
@@ -315,6 +355,7 @@ static int32_t take_buffer(pstore *s) {
             cnt_add(&s->live, -1);
             return i;
         }
+        peak_raise(s, (int64_t)i + 1); /* nalloc after this allocation */
     }
     atomic_fetch_add_explicit(&s->bufs[i].generation, 1, memory_order_relaxed);
     atomic_store_explicit(&s->bufs[i].rc, 0, memory_order_relaxed);
@@ -413,7 +454,16 @@ int pstore_close(pstore *s, int32_t free_memory) {
     /* keep_memory is set before closed, so try_free (which runs only after
      * drained, set after closed) always sees it */
     if (!free_memory) atomic_store(&s->keep_memory, 1);
-    if (atomic_exchange(&s->closed, 1)) { /* already closed: idempotent */
+    if (atomic_exchange(&s->closed, 1)) {
+        /* Already closed: this call decides again. Lifting the keep frees the
+         * buffers now if nothing is held (else at the last release). Setting
+         * it again after close is safe only while the caller holds a reference
+         * (held > 0 keeps every try_free from passing its check until that
+         * reference is released, which happens after this store). */
+        if (free_memory) {
+            atomic_store(&s->keep_memory, 0);
+            try_free(s);
+        }
         op_exit(s);
         return PSTORE_OK;
     }
@@ -429,6 +479,7 @@ void pstore_destroy(pstore *s) {
     if (!atomic_load(&s->freed)) free_buffers(s);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->alloc_mu);
+    sem_destroy(&s->writer);
     free(s->bufs);
     free(s);
 }
@@ -477,6 +528,7 @@ int pstore_create(int64_t d, int32_t mode, const float *init,
     s->max_buffers = max_buffers;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->alloc_mu, NULL);
+    sem_init(&s->writer, 0, 1);
     atomic_init(&s->free_head, (uint64_t)NIL_IDX);
 
     int32_t b = take_buffer(s); /* buffer 0: the initial version / shared */
@@ -571,6 +623,13 @@ int64_t pstore_generation(pstore *s, int32_t handle) {
 /* ------------------------------------------------------------------------ */
 /* update                                                                    */
 
+/* LOCKED writer lock: a semaphore, not a mutex, because a two-phase update
+ * (begin ... commit) may be finished by another thread than the one that
+ * began it (XLA runs the two custom calls on whichever of its threads). */
+static void sem_wait_all(pstore *s) {
+    while (sem_wait(&s->writer) != 0) { /* EINTR: try again */ }
+}
+
 static inline float scale_for(int64_t tau, float scale, const float *scales,
                               int32_t nscales) {
     if (nscales <= 0) return scale;
@@ -614,10 +673,12 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         goto out;
     }
     if (s->mode == PSTORE_LOCKED) {
+        sem_wait_all(s);
         pthread_mutex_lock(&s->mu);
         int64_t t = atomic_load_explicit(&s->ver, memory_order_relaxed);
         if (t_read > t) {
             pthread_mutex_unlock(&s->mu);
+            sem_post(&s->writer);
             r.status = PSTORE_EINVAL;
             goto out;
         }
@@ -630,6 +691,7 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         }
         atomic_store_explicit(&s->ver, t + 1, memory_order_release);
         pthread_mutex_unlock(&s->mu);
+        sem_post(&s->writer);
         r.version = t + 1;
         r.applied = 1; r.attempts = 1; r.staleness = t - t_read;
         cnt_add(&s->applied, 1); cnt_add(&s->cas_attempts, 1);
@@ -674,7 +736,25 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
-/* two-phase API (LEASHED)                                                   */
+/* two-phase API: a read-modify-write computed by the caller                 */
+/*
+ * LEASHED  begin takes a reference to latest (base) and a private buffer
+ *          (out); commit CASes latest from base to out (protocol above).
+ * LOCKED   begin takes the writer lock (a semaphore, held until commit or
+ *          abort) and a private out buffer; base is the shared buffer, which
+ *          only the holder of the writer lock changes, so it is stable and
+ *          consistent. commit writes the new vector into the shared buffer
+ *          under the data mutex (readers copy under it), increments the
+ *          version and releases the writer lock. Invariant L: between begin
+ *          and commit no other update is applied, so tau = base_version -
+ *          t_read and nothing is lost.
+ * HOGWILD  begin takes a private out buffer; base is the shared buffer, which
+ *          others keep writing (racy reads, as Hogwild! reads). commit writes
+ *          the new vector into the shared buffer without synchronisation and
+ *          increments the version; a->overwritten counts the updates applied
+ *          between begin and commit, whose effect on the elements this one
+ *          rewrites is lost (reported, not prevented).
+ */
 
 static int attempt_rebase(pstore *s, pstore_attempt *a, int32_t prefill) {
     int32_t i = ref_latest(s);
@@ -692,33 +772,102 @@ int pstore_begin(pstore *s, int64_t t_read, int32_t prefill, pstore_attempt *a) 
     a->base_handle = a->out_handle = -1;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return a->status = rc;
-    if (s->mode != PSTORE_LEASHED) { rc = PSTORE_EMODE; goto out; }
     int32_t j = take_buffer(s);
     if (j < 0) { rc = j; goto out; }
     a->out_handle = j;
     a->out = s->bufs[j].data;
     a->t_read = t_read;
-    attempt_rebase(s, a, 0);
+    if (s->mode == PSTORE_LEASHED) {
+        attempt_rebase(s, a, 0);
+    } else {
+        if (s->mode == PSTORE_LOCKED) sem_wait_all(s);          /* invariant L */
+        a->base_handle = 0;                                     /* the shared buffer */
+        a->base = s->bufs[0].data;
+        a->base_version = atomic_load_explicit(&s->ver, memory_order_acquire);
+        a->staleness = a->base_version - t_read;
+    }
     if (t_read > a->base_version) {
-        ref_drop(s, a->base_handle, 1);
+        if (s->mode == PSTORE_LEASHED) ref_drop(s, a->base_handle, 1);
+        if (s->mode == PSTORE_LOCKED) sem_post(&s->writer);
         pool_push(s, j);
         a->base_handle = a->out_handle = -1;
         a->base = NULL; a->out = NULL;
         rc = PSTORE_EINVAL;
         goto out;
     }
-    if (prefill) memcpy(a->out, a->base, (size_t)s->d * sizeof(float));
+    if (prefill) pstore_copy_base(s, a, a->out);
     atomic_fetch_add(&s->held, 1);
 out:
     op_exit(s);
     return a->status = rc;
 }
 
-int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill) {
-    if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
+void pstore_copy_base(pstore *s, const pstore_attempt *a, float *dst) {
+    if (s->mode == PSTORE_HOGWILD) copy_racy(dst, a->base, s->d);
+    else memcpy(dst, a->base, (size_t)s->d * sizeof(float));
+}
+
+/* The attempt is over: give back out and (LEASHED) the base reference. */
+static void attempt_end(pstore *s, pstore_attempt *a) {
+    if (a->base_handle >= 0 && s->mode == PSTORE_LEASHED) ref_drop(s, a->base_handle, 1);
+    if (a->out_handle >= 0) pool_push(s, a->out_handle);
+    a->base_handle = a->out_handle = -1;
+    a->base = NULL; a->out = NULL;
+    held_dec(s);
+}
+
+/* LOCKED / HOGWILD commit: the new vector (segments) into the shared buffer. */
+static int commit_shared(pstore *s, pstore_attempt *a, float *const *segs,
+                         const int64_t *lens, int32_t nseg) {
+    float *x = s->bufs[0].data;
+    int64_t off = 0;
+    a->attempts++;
+    cnt_add(&s->cas_attempts, 1);
+    if (s->mode == PSTORE_LOCKED) {
+        pthread_mutex_lock(&s->mu);
+        for (int32_t k = 0; k < nseg; k++) {
+            memcpy(x + off, segs[k], (size_t)lens[k] * sizeof(float));
+            off += lens[k];
+        }
+        atomic_store_explicit(&s->ver, a->base_version + 1, memory_order_release);
+        pthread_mutex_unlock(&s->mu);
+        sem_post(&s->writer);                                   /* invariant L */
+    } else {
+        for (int32_t k = 0; k < nseg; k++) {
+            copy_racy(x + off, segs[k], lens[k]);
+            off += lens[k];
+        }
+        int64_t t = atomic_fetch_add_explicit(&s->ver, 1, memory_order_acq_rel);
+        a->overwritten = t - a->base_version;
+        a->staleness = t - a->t_read;
+    }
+    cnt_add(&s->applied, 1);
+    a->base_handle = -1;                                        /* nothing to drop */
+    attempt_end(s, a);
+    return 1;
+}
+
+int pstore_commit_segments(pstore *s, pstore_attempt *a, float *const *segs,
+                           const int64_t *lens, int32_t nseg, int32_t rebase) {
+    if (!s || !a || a->out_handle < 0 || a->base_handle < 0 || nseg < 1) return PSTORE_EINVAL;
+    int64_t total = 0;
+    for (int32_t k = 0; k < nseg; k++) {
+        if (lens[k] < 0 || (lens[k] > 0 && !segs[k])) return PSTORE_EINVAL;
+        total += lens[k];
+    }
+    if (total != s->d) return PSTORE_EINVAL;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return rc;
-    if (s->mode != PSTORE_LEASHED) { op_exit(s); return PSTORE_EMODE; }
+    if (s->mode != PSTORE_LEASHED) {
+        rc = commit_shared(s, a, segs, lens, nseg);
+        op_exit(s);
+        return rc;
+    }
+    int64_t off = 0;
+    for (int32_t k = 0; k < nseg; k++) {
+        if (segs[k] != a->out + off) memcpy(a->out + off, segs[k], (size_t)lens[k] * sizeof(float));
+        off += lens[k];
+    }
     s->bufs[a->out_handle].version = a->base_version + 1;
     a->attempts++;
     cnt_add(&s->cas_attempts, 1);
@@ -733,7 +882,7 @@ int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill)
         return 1;
     }
     cnt_add(&s->cas_failures, 1);
-    if (rebase) attempt_rebase(s, a, prefill);
+    if (rebase) attempt_rebase(s, a, 0);
     else {
         /* keep the attempt open on a fresh reference: the caller aborts it */
         a->base_handle = ref_latest(s);
@@ -745,16 +894,22 @@ int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill)
     return 0;
 }
 
+int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill) {
+    if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
+    float *segs[1] = {a->out};
+    int64_t lens[1] = {s->d};
+    int rc = pstore_commit_segments(s, a, segs, lens, 1, rebase);
+    if (rc == 0 && rebase && prefill) memcpy(a->out, a->base, (size_t)s->d * sizeof(float));
+    return rc;
+}
+
 int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped) {
     if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
     int rc = op_enter(s, 1);
     if (rc != PSTORE_OK) return rc;
-    ref_drop(s, a->base_handle, 1);
-    pool_push(s, a->out_handle);
-    a->base_handle = a->out_handle = -1;
-    a->base = NULL; a->out = NULL;
+    if (s->mode == PSTORE_LOCKED) sem_post(&s->writer);        /* invariant L */
+    attempt_end(s, a);
     if (count_dropped) cnt_add(&s->dropped, 1);
-    held_dec(s);
     op_exit(s);
     return PSTORE_OK;
 }
@@ -763,11 +918,15 @@ int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped) {
 /* reads and stats                                                           */
 
 int pstore_read_copy(pstore *s, float *dst, int64_t *version) {
-    if (!s || !dst) return PSTORE_EINVAL;
+    return s ? pstore_read_prefix(s, dst, s->d, version) : PSTORE_EINVAL;
+}
+
+int pstore_read_prefix(pstore *s, float *dst, int64_t count, int64_t *version) {
+    if (!s || !dst || count < 1 || count > s->d) return PSTORE_EINVAL;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return rc;
     int64_t v = 0;
-    size_t n = (size_t)s->d * sizeof(float);
+    size_t n = (size_t)count * sizeof(float);
     if (s->mode == PSTORE_LEASHED) {
         int32_t i = ref_latest(s);
         memcpy(dst, s->bufs[i].data, n);
@@ -780,7 +939,7 @@ int pstore_read_copy(pstore *s, float *dst, int64_t *version) {
         pthread_mutex_unlock(&s->mu);
     } else {
         v = atomic_load_explicit(&s->ver, memory_order_acquire);
-        copy_racy(dst, s->bufs[0].data, s->d);
+        copy_racy(dst, s->bufs[0].data, count);
     }
     if (version) *version = v;
     op_exit(s);
@@ -821,5 +980,6 @@ int pstore_get_stats(pstore *s, pstore_stats *st) {
     st->dropped = atomic_load(&s->dropped);
     st->held = atomic_load(&s->held);
     st->acquires = atomic_load(&s->acquires);
+    st->freed = atomic_load(&s->freed);
     return PSTORE_OK;
 }

@@ -74,7 +74,7 @@ typedef struct {
     int64_t version;
     int64_t allocated;    /* buffers ever allocated (never freed before close) */
     int64_t live;         /* buffers not in the free pool now */
-    int64_t peak_live;
+    int64_t peak_live;    /* most buffers out of the free pool at once (= allocated) */
     int64_t applied;      /* updates applied */
     int64_t cas_attempts; /* LEASHED: CAS attempts; others: update calls */
     int64_t cas_failures; /* LEASHED: failed CAS attempts; others: 0 */
@@ -82,6 +82,7 @@ typedef struct {
     int64_t held;         /* snapshots + open attempts held now */
     int64_t acquires;     /* successful acquires */
     int64_t max_buffers;
+    int64_t freed;        /* 1 once the buffers' memory has been freed (after close) */
 } pstore_stats;
 
 /* Two-phase attempt (LEASHED only): base is a held reference to the latest
@@ -97,6 +98,7 @@ typedef struct {
     int32_t out_handle;
     int32_t attempts;     /* commits tried so far */
     int32_t status;
+    int64_t overwritten;  /* HOGWILD: updates applied between begin and commit */
 } pstore_attempt;
 
 /* Create a store of dimension d (1..PSTORE_MAX_D) in `mode`. init: d floats or
@@ -110,7 +112,10 @@ int pstore_create(int64_t d, int32_t mode, const float *init, int32_t max_buffer
  * pstore_abort of what is still held. If free_memory, the buffers are freed
  * as soon as nothing is held and no call is in flight (now, or at the last
  * release); otherwise they stay until pstore_destroy (the Python wrapper does
- * that while numpy views on them may still be referenced). Idempotent. */
+ * that while numpy views on them may still be referenced). A later call on a
+ * closed store decides again: free_memory = 1 lets the buffers be freed as
+ * above; 0 keeps them, which is safe only while the caller holds a snapshot
+ * or attempt. Once freed, further calls do nothing. */
 int pstore_close(pstore *s, int32_t free_memory);
 
 /* Free everything including the handle. Only when no other thread can call
@@ -129,19 +134,31 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
                             int32_t nseg, float scale, const float *scales,
                             int32_t nscales, int64_t t_read, int64_t persistence);
 
-/* Two-phase API (LEASHED). begin: take a private buffer and a reference to
- * latest; if prefill, copy latest into out. commit: CAS latest from base to
- * out. Returns 1 applied (attempt finished), 0 CAS failed, <0 error. On 0 with
+/* Two-phase API, for update rules computed by the caller. begin: take a
+ * private buffer `out` and the current version `base` (LEASHED: a reference
+ * to latest; LOCKED: the shared buffer, under a writer lock held until commit
+ * or abort; HOGWILD: the shared buffer, racy); if prefill, copy base into out.
+ * commit: publish out (LEASHED: CAS latest from base to out; LOCKED and
+ * HOGWILD: write it into the shared buffer, which always succeeds). Returns 1
+ * applied (attempt finished), 0 CAS failed (LEASHED), <0 error. On 0 with
  * rebase != 0 the attempt is moved onto the new latest (base re-acquired,
  * out re-filled if prefill, staleness updated) and stays open; with rebase ==
  * 0 it stays open on the old base and must be aborted. abort: give back the
- * buffers; count_dropped adds to the dropped counter. */
+ * buffers (and the writer lock); count_dropped adds to the dropped counter. */
 int pstore_begin(pstore *s, int64_t t_read, int32_t prefill, pstore_attempt *a);
 int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill);
 int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped);
+/* commit with the new vector given as nseg segments (concatenating to d)
+ * instead of out; rebase as for pstore_commit (out is not re-filled). */
+int pstore_commit_segments(pstore *s, pstore_attempt *a, float *const *segs,
+                           const int64_t *lens, int32_t nseg, int32_t rebase);
+/* Copy an open attempt's base into dst (d floats; HOGWILD: racy). */
+void pstore_copy_base(pstore *s, const pstore_attempt *a, float *dst);
 
 /* Consistent copy (HOGWILD: racy copy) into dst (d floats). *version out. */
 int pstore_read_copy(pstore *s, float *dst, int64_t *version);
+/* The same for the first count floats only (1 <= count <= d). */
+int pstore_read_prefix(pstore *s, float *dst, int64_t count, int64_t *version);
 int64_t pstore_version(pstore *s);          /* <0 if closed */
 int pstore_get_stats(pstore *s, pstore_stats *st);
 int64_t pstore_dim(pstore *s);
@@ -156,8 +173,14 @@ void pstore_ref_memcpy_axpy(float *y, const float *x, const float *u, float s, i
 
 const char *pstore_strerror(int code);
 
-/* How this library was built: "compiler=...;cflags=...;vector=..." (static string). */
+/* How this library was built: "compiler=...;cflags=...;vector=...;clones=..."
+ * (static string): vector is the widest vector set of the baseline build,
+ * clones the instruction sets the element loops were also compiled for
+ * ("avx512f,avx2,default", or "none" without run-time dispatch). */
 const char *pstore_build_info(void);
+/* The clone the element loops run on this CPU ("avx512f", "avx2", "default"),
+ * or "none" when the build has no clones (static string). */
+const char *pstore_dispatch(void);
 
 #ifdef __cplusplus
 }

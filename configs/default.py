@@ -2,7 +2,8 @@
 
 Runs in well under a minute on 2 cores. Every field is documented here; each
 can be overridden from the command line, e.g.
-  python train.py --config=configs/default.py --config.algorithm=hogwild --config.threads=4
+  asgd-train --config.algorithm=hogwild --config.threads=4
+  python train.py --config=configs/default.py --config.algorithm=sequential
 """
 
 import ml_collections
@@ -25,9 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Algorithm.
     c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
-    c.threads = 2                 # worker threads m (backend ray: worker actors)
+    c.threads = 0                 # worker threads m (backend ray: worker actors); 0 = 1 for sequential, else 2
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
-    c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+    c.cpus = -1                   # pin the process to this many CPUs before JAX starts: -1 = one per worker
+                                  # (min(threads, available)), 0 = all allowed, N = N
+    c.worker = "compiled"         # compiled: each worker's whole loop inside one XLA computation (no Python
+                                  # per step) | python: a Python loop per step (DC-ASGD and sync always are)
 
     # Where the workers run (see docs/ray.md).
     c.backend = "local"           # local: threads over shared memory | ray: worker actors + a parameter-server actor
@@ -37,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.ray_max_restarts = 3        # ray: times Ray restarts a dead worker actor, which then rejoins
 
     # Optimisation.
-    c.batch_size = 32
+    c.batch_size = 32             # minibatch size
     c.learning_rate = 0.05        # alpha: the base step size
     c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd (sequential, sync, m = 1: all are alpha)
     c.stepsize_model = "fitted"   # mindthestep's staleness model P: fitted (best of geometric/poisson/cmp by AIC, refitted online) | poisson | geometric | cmp | empirical
@@ -48,6 +52,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1) (A < 1: no step is 0)
     c.stepsize_window = 0         # TAIL-tau's CDF window (<= 0: 1000); mindthestep's updates between online refits (<= 0: 100)
     c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
+    c.optimizer = "sgd"           # sgd | momentum | nesterov | adam | adamw | rmsprop: state versioned with the
+                                  # parameters; the step size scales its learning rate (docs/optimizers.md)
+    c.optimizer_learning_rate = 0.0  # the optimizer's alpha, in place of learning_rate (0 = its usual default:
+                                  # momentum, nesterov 0.01; adam, adamw, rmsprop 0.001)
+    c.optimizer_momentum = 0.9    # momentum, nesterov: decay of the momentum trace
+    c.optimizer_b1 = 0.9          # adam, adamw: decay of the first moment
+    c.optimizer_b2 = 0.999        # adam, adamw: decay of the second moment
+    c.optimizer_eps = 1e-8        # adam, adamw, rmsprop: added to the root of the second moment
+    c.optimizer_decay = 0.9       # rmsprop: decay of the squared-gradient average
+    c.optimizer_weight_decay = 1e-4  # adamw: decoupled weight decay
     c.seed = 0                    # model init and minibatch order
 
     # Stopping: the first condition reached ends the run (0 = no limit).

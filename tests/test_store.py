@@ -319,6 +319,80 @@ def test_concurrent_close_and_release_after_close():
     assert st.stats()["held"] == 0
 
 
+def test_close_frees_the_memory_once_no_array_on_it_is_referenced():
+    st = ParameterStore(4096, "leashed")
+    with st.acquire() as snap:  # builds and caches a view of the buffer
+        assert snap.array[0] == 0.0
+    st.update(np.ones(4096, np.float32), 1.0, 0)
+    assert st.stats()["freed"] == 0
+    st.close()
+    assert st.stats()["freed"] == 1  # at once: the cache held the only views
+
+
+def test_close_keeps_the_memory_while_an_array_on_it_lives_then_frees_it():
+    st = ParameterStore(4096, "leashed", init=np.full(4096, 2.0, np.float32))
+    with st.acquire() as snap:
+        tail = snap.array[10:]  # a slice: its base is the view's owner, not the view
+    st.close()
+    assert st.stats()["freed"] == 0 and tail[-1] == 2.0
+    del tail
+    assert st.stats()["freed"] == 1
+
+
+def test_close_with_a_held_snapshot_frees_at_its_release():
+    st = ParameterStore(4096, "hogwild")
+    snap = st.acquire(copy=True)
+    st.close()
+    assert st.stats()["freed"] == 0 and snap.array[0] == 0.0
+    snap.release()
+    assert st.stats()["freed"] == 1
+
+
+def test_a_view_first_built_after_close_keeps_the_memory_until_dropped():
+    # An acquire that entered C before close() builds its view after it.
+    from asgd._pstore import lib
+    st = ParameterStore(4096, "leashed", init=np.full(4096, 5.0, np.float32))
+    sn = lib.pstore_acquire(st._h, 0)
+    st.close()
+    view = st._view(sn.handle, sn.data, False)
+    lib.pstore_release(st._h, sn.handle)
+    assert st.stats()["freed"] == 0 and view[0] == 5.0
+    del view
+    assert st.stats()["freed"] == 1
+
+
+def test_threads_meeting_a_buffer_first_share_one_view(monkeypatch):
+    # Slow view construction: without the cache's lock every thread would
+    # build (and hand out) its own view, and close() would miss all but one.
+    built = []
+    init = store_mod._ViewBase.__init__
+
+    def slow_init(self, *args):
+        built.append(1)
+        time.sleep(0.05)
+        init(self, *args)
+
+    monkeypatch.setattr(store_mod._ViewBase, "__init__", slow_init)
+    st = ParameterStore(1024, "leashed")
+    barrier = threading.Barrier(4)
+    arrays = []
+
+    def reader():
+        barrier.wait()
+        with st.acquire() as snap:
+            arrays.append(snap.array)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and all(a is arrays[0] for a in arrays)
+    del arrays[:]
+    st.close()
+    assert st.stats()["freed"] == 1
+
+
 def test_stale_view_after_close_or_gc_does_not_crash():
     import gc
     d = 1 << 21  # 8 MiB buffers: mmap'ed, so a freed one would be unmapped
@@ -433,8 +507,6 @@ def test_release_twice_and_attempt_misuse():
         att.abort()
     with pytest.raises(ValueError):
         st.begin(7)
-    with pytest.raises(StoreError, match="leashed"):
-        ParameterStore(10, "locked").begin(0)
     with pytest.raises(ValueError):
         st.update_with(lambda o, t: None, 0, persistence=-3)
     assert st.stats()["held"] == 0
@@ -460,6 +532,9 @@ def test_buffer_cap_is_an_exception():
     held.append(st.acquire())  # 3 versions held: every buffer is pinned
     with pytest.raises(StoreError, match="cap"):
         st.update(np.ones(10, np.float32), 1.0, 0)
+    stats = st.stats()  # a failed allocation raises neither the peak nor the count
+    assert stats["peak_live"] == stats["allocated"] == stats["max_buffers"] == 3
+    assert stats["live"] == stats["held"] == 3
     for h in held:
         h.release()
     st.update(np.ones(10, np.float32), 1.0, 0)
@@ -492,8 +567,44 @@ def test_c_stress_short_plain_and_under_sanitizers(target):
     assert "runtime error" not in r.stdout + r.stderr
 
 
-def test_build_info_names_the_compiler_flags_and_vector_set():
-    from asgd.store import build_info
-    info = build_info()
-    assert set(info) == {"compiler", "cflags", "vector"}
-    assert "-O" in info["cflags"] and info["vector"] in ("avx512f", "avx2", "sse2", "none")
+@pytest.mark.parametrize("mode", ["leashed", "locked", "hogwild"])
+def test_two_phase_update_with_segments_in_every_mode(mode):
+    """begin -> new vector computed outside -> commit_segments, as a stateful optimizer does."""
+    st = ParameterStore(6, mode, init=np.arange(6, dtype=np.float32))
+    att = st.begin(0, prefill=False)
+    np.testing.assert_array_equal(att.base, np.arange(6))
+    new = np.asarray(att.base) * 2 + 1
+    assert att.commit_segments([new[:2].copy(), new[2:].copy()])
+    np.testing.assert_array_equal(st.read_copy(), np.arange(6) * 2 + 1)
+    assert st.version == 1 and st.stats()["held"] == 0 and st.stats()["applied"] == 1
+    with pytest.raises(ValueError):  # the segments must add up to d
+        bad = st.begin(1)
+        try:
+            bad.commit_segments([new[:3].copy()])
+        finally:
+            bad.abort()
+    assert st.stats()["held"] == 0
+
+
+def test_locked_two_phase_holds_the_writer_lock_until_commit():
+    """Another update waits for an open LOCKED attempt: nothing lands in between."""
+    st = ParameterStore(4, "locked")
+    att = st.begin(0, prefill=False)
+    done = threading.Event()
+    other = threading.Thread(target=lambda: (st.update(np.ones(4, np.float32), 1.0, 0), done.set()))
+    other.start()
+    assert not done.wait(0.2)          # blocked by the open attempt
+    assert att.commit_segments([np.full(4, 5.0, np.float32)])
+    other.join(5)
+    assert done.is_set()
+    np.testing.assert_array_equal(st.read_copy(), np.full(4, 6.0))
+    assert st.version == 2
+
+
+def test_hogwild_two_phase_reports_what_it_overwrote():
+    st = ParameterStore(3, "hogwild")
+    att = st.begin(0, prefill=False)
+    st.update(np.ones(3, np.float32), 1.0, 0)      # lands between begin and commit
+    assert att.commit_segments([np.full(3, 2.0, np.float32)])
+    assert att.overwritten == 1
+    np.testing.assert_array_equal(st.read_copy(), np.full(3, 2.0))  # the racing update is lost
