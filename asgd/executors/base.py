@@ -323,6 +323,7 @@ class Monitor:
             "cas_failures": int(stats.get("cas_failures", 0)),
             "dropped_updates": sum(log.dropped for log in self.logs),
             "peak_live_buffers": stats.get("peak_live"),
+            "live_buffers_hist": stats.get("live_hist"),
             "buffers_allocated": stats.get("allocated"),
             "peak_rss_mb": metrics.peak_rss_mb(),
             "mean_compute_s": float(compute.mean()) if compute.size else None,
