@@ -35,7 +35,7 @@ PROG = "asgd.study"
 
 SWEEPS = ("algorithms", "threads", "stepsizes", "learning_rates", "persistences", "seeds")
 # Config fields that may differ between a finished run and the study asking for it.
-NOT_COMPARED = ("quiet", "workdir", "name")
+NOT_COMPARED = ("quiet", "workdir", "name", "tensorboard", metrics.ENVIRONMENT)
 
 class StudyError(ValueError):
     """The study config or the study folder is unusable; the message says why."""
