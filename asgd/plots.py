@@ -40,7 +40,7 @@ import matplotlib.patches
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 from asgd import aggregate
@@ -184,6 +184,15 @@ def integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def log_axis(axis) -> None:
+    """A log scale labelled in plain numbers at 1, 2 and 5 times the powers of ten."""
+    axis.axes.set_yscale("log") if axis is axis.axes.yaxis else axis.axes.set_xscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10)))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def panel_ms(series: Sequence[Series], minimum: int = 1) -> list[int]:
     return sorted({s.m for s in series if s.m is not None and s.m >= minimum})
 
@@ -217,7 +226,7 @@ def loss(series: Sequence[Series], x: str = "wall_time_s") -> Figure:
                                     alpha=0.6)
                             ax.plot(xs[-1:], ys[-1:], "x", color=s.color, markersize=6)
                 handles.setdefault(s.label, series_handle(s))
-            ax.set_yscale("log")
+            log_axis(ax.yaxis)
             ax.set_xlim(left=0)
             if x == "updates":
                 integer_ticks(ax.xaxis)
@@ -249,10 +258,14 @@ def time_to_target(groups: dict[tuple, list[Run]], targets: Sequence[float]) -> 
                                for f, v in zip(aggregate.GROUP_FIELDS, s.key)), []).append(s)
     ms = sorted({s.m for s in series})
     log2 = len(ms) > 1 and ms[-1] / ms[0] >= 4
-    fig, axes = figure(len(targets), size=(3.0, 2.6))
+    ncols = 2 if len(targets) == 4 else min(len(targets), 3)
+    nrows = math.ceil(len(targets) / ncols)
+    fig, axes = figure(ncols, nrows, size=(3.4, 2.6))
+    for ax in axes.ravel()[len(targets):]:
+        ax.set_visible(False)
     handles, marks = {}, set()
     with matplotlib.rc_context(STYLE):
-        for ax, target in zip(axes[0], targets):
+        for ax, target in zip(axes.ravel(), targets):
             name = aggregate.target_name(target)
             top = blended_transform_factory(ax.transData, ax.transAxes)
             for i, members in enumerate(lines.values()):
@@ -292,7 +305,8 @@ def time_to_target(groups: dict[tuple, list[Run]], targets: Sequence[float]) -> 
             ax.set_ylim(0, max(ax.get_ylim()[1], 1e-3) * 1.12)  # headroom for the △/× strip
             ax.set_xlabel("worker threads m")
             ax.set_title(f"training loss ≤ {name}")
-        axes[0][0].set_ylabel("time to ε (s)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("time to ε (s)")
         labels, lines_ = list(handles), list(handles.values())
         if "partial" in marks:
             labels.append("k/n: k of n seeds reached ε")
@@ -362,6 +376,8 @@ def staleness(series: Sequence[Series], log: Callable = print) -> Figure | None:
                     ax.set_xlabel("staleness τ")
                 if c == 0:
                     ax.set_ylabel("share of updates")
+        if not several_m:
+            fig.suptitle(f"m = {hists[0][0].m}, pooled over seeds")
         # the axis ends where 99.5% of every panel's updates lie left of it (the
         # legend gives the largest τ seen): a long thin tail would squash the pmf
         shown = max(int(np.searchsorted(np.cumsum(h) / h.sum(), 0.995)) for _, h in hists)
@@ -408,9 +424,8 @@ def cas_attempts(series: Sequence[Series]) -> Figure | None:
                           linewidth=0.5, label=s.label + ("" if len({h.m for h, _ in hists}) == 1
                                                           else f", m={s.m}"))
             ax.bar_label(bars, [str(int(c)) for c in counts[shown]], fontsize=6, padding=1)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        log_axis(ax.yaxis)
+        ax.yaxis.set_major_locator(LogLocator(base=10))  # counts: 1, 10, 100, ...
         ax.set_ylim(0.5, max(h.max() for _, h in hists) * 4)
         ax.set_xticks(range(1, top + 1))
         ax.set_xlim(0.4, top + 0.6)
