@@ -25,8 +25,14 @@ import sys
 PROG = "asgd.plot"
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, like every asgd command
+        print(f"{PROG}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"python -m {PROG}", description="Figures of one run or a few runs (PNG, SVG, PDF).")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="a run's results folder (<workdir>/runs/<timestamp>-<name>/ or a "

@@ -171,13 +171,26 @@ def outside_legend(fig: Figure, handles: Sequence, labels: Sequence[str], ncols:
     """One legend for the whole figure, below the axes (never over data)."""
     if not handles:
         return None
+    longest = max(len(label) for label in labels)
+    fits = 4 if longest <= 24 else 2 if longest <= 44 else 1  # columns that fit a page's width
     with matplotlib.rc_context(STYLE):
         return fig.legend(handles, labels, loc="outside lower center",
-                          ncols=ncols or min(len(labels), 4), frameon=False)
+                          ncols=min(ncols or 4, fits, len(labels)), frameon=False)
 
 
 def series_handle(s: Series) -> Line2D:
     return Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=4)
+
+
+def wrap(label: str, width: int = 34) -> str:
+    """A label broken into lines at its ", " separators, each at most about ``width`` long."""
+    lines = [""]
+    for part in label.split(", "):
+        if lines[-1] and len(lines[-1]) + 2 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]}, {part}" if lines[-1] else part
+    return "\n".join(lines)
 
 
 def integer_ticks(axis) -> None:
@@ -227,12 +240,12 @@ def loss(series: Sequence[Series], x: str = "wall_time_s") -> Figure:
                             ax.plot(xs[-1:], ys[-1:], "x", color=s.color, markersize=6)
                 handles.setdefault(s.label, series_handle(s))
             log_axis(ax.yaxis)
-            ax.set_xlim(left=0)
             if x == "updates":
                 integer_ticks(ax.xaxis)
             ax.set_xlabel(xlabel)
             if len(ms) > 1:
                 ax.set_title(f"m = {m}")
+        axes[0][0].set_xlim(left=0)  # once every panel has drawn: the panels share x
         axes[0][0].set_ylabel("training loss (running mean)")
         labels = list(handles)
         lines = list(handles.values())
@@ -371,7 +384,8 @@ def staleness(series: Sequence[Series], log: Callable = print) -> Figure | None:
                 integer_ticks(ax.xaxis)
                 ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0),
                           frameon=False, fontsize=7, title_fontsize=8, alignment="left",
-                          title=s.label + (f", m={s.m}" if several_m else ""), borderaxespad=0.2)
+                          title=wrap(s.label + (f", m={s.m}" if several_m else "")),
+                          borderaxespad=0.2)
                 if r == len(cells) - 1:
                     ax.set_xlabel("staleness τ")
                 if c == 0:
@@ -463,7 +477,7 @@ def live_buffers(series: Sequence[Series]) -> Figure | None:
     several_m = len({s.m for s, _ in hists}) > 1
     labels = [s.label + (f", m={s.m}" if several_m else "") for s, _ in hists]
     fig, axes = figure(size=(1.6 + 0.75 * top + 0.06 * max(len(t) for t in labels),
-                             0.9 + 0.28 * len(hists)))
+                             1.3 + 0.3 * len(hists)))
     ax = axes[0][0]
     with matplotlib.rc_context(STYLE):
         ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",

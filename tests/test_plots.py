@@ -263,16 +263,19 @@ def test_plot_cli_on_one_run_writes_into_the_run_folder(three_runs):
 def test_plot_cli_on_three_runs_labels_them_by_what_differs(three_runs, tmp_path):
     proc = run_plot(*three_runs, "--out", str(tmp_path / "cmp"))
     assert proc.returncode == 0, proc.stderr
-    assert "threads=2, stepsize=constant:" in proc.stdout
-    assert "threads=2, stepsize=mindthestep:" in proc.stdout
-    assert "threads=1, stepsize=constant:" in proc.stdout
+    assert "stepsize=constant, threads=2:" in proc.stdout      # config.json's field order
+    assert "stepsize=mindthestep, threads=2:" in proc.stdout
+    assert "stepsize=constant, threads=1:" in proc.stdout
     assert os.path.getsize(tmp_path / "cmp" / "time_to_target.pdf") > 0  # m differs
     svg = (tmp_path / "cmp" / "loss_vs_time.svg").read_text()
     assert "stepsize=mindthestep" in svg
 
 
-def test_plot_cli_rejects_a_folder_that_is_not_a_run(tmp_path):
-    proc = run_plot(str(tmp_path))
+@pytest.mark.parametrize("args, message", [((), "the following arguments are required: RUN_DIR"),
+                                           (("--bogus", "x"), "unrecognized arguments"),
+                                           (None, "summary.json not found")])
+def test_plot_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, args, message):
+    proc = run_plot(*(args if args is not None else (str(tmp_path),)))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "summary.json not found" in lines[0]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
