@@ -24,9 +24,9 @@ def main(argv: list[str]) -> int:
     cfg = parse_config(argv, "configs/default.py", PROG)
     from asgd.executors.base import RunAborted
     try:
-        from asgd.run import execute, parse, restrict_cpus
+        from asgd.run import execute, parse, pin_process
         specs = parse(cfg)
-        restrict_cpus(specs.cpus)
+        pin_process(specs)
         summary = execute(specs, cfg.to_dict())
     except ValueError as e:  # bad config values, data, step-size parameters
         fail(PROG, str(e).splitlines()[0])

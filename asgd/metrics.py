@@ -229,10 +229,17 @@ class RunWriter:
             self._tensorboard.flush()
 
     def params(self, flat: np.ndarray) -> None:
-        """The final parameters as params.npz: ``flat`` and, with a layout, where each leaf lives."""
-        arrays = {"flat": np.asarray(flat, np.float32)}
+        """The final parameters as params.npz: ``flat`` and, with a layout, where each leaf lives.
+
+        A store that holds an optimizer's state after the parameters gives a
+        longer vector: the part past the layout is saved as ``optimizer_state``.
+        """
+        flat = np.asarray(flat, np.float32)
+        arrays = {"flat": flat}
         if self.layout is not None:
-            arrays.update(params_layout(self.layout))
+            arrays = {"flat": flat[:self.layout.size], **params_layout(self.layout)}
+            if flat.size > self.layout.size:
+                arrays["optimizer_state"] = flat[self.layout.size:]
         tmp = os.path.join(self.run_dir, "params.tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, os.path.join(self.run_dir, "params.npz"))

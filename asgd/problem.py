@@ -26,9 +26,11 @@ class Problem(NamedTuple):
     init_flat: np.ndarray            # float32 [d], the initial parameters
     grad_fn: Callable                # (flat, x, y) -> (loss, gradient pytree)
     grad_factory: Callable           # () -> a new grad_fn (picklable: for other processes)
+    model_apply: Callable            # (params pytree, x) -> logits
     evaluate: Callable               # (flat) -> (eval loss, eval accuracy) as floats
     train: data.Dataset
     eval: data.Dataset
+    compiled: dict                   # compiled worker loops of this problem, by their shapes
 
 
 def make_grad_fn(model: models.Model, layout: FlatLayout) -> Callable:
@@ -96,5 +98,5 @@ def make_problem(data_spec: DataSpec, model_spec: ModelSpec) -> Problem:
                         **dict(model_spec.options))
     layout = FlatLayout.of(params)
     factory = partial(make_grad_fn, model, layout)
-    return Problem(layout, layout.ravel(params), factory(), factory,
-                   make_evaluate(model, layout, evalset), train, evalset)
+    return Problem(layout, layout.ravel(params), factory(), factory, model.apply,
+                   make_evaluate(model, layout, evalset), train, evalset, {})

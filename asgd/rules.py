@@ -43,11 +43,14 @@ class UpdateRule(NamedTuple):
     ``transform`` gives s(tau) (``-alpha(tau)``; the C store takes it as a
     table); g' is the gradient, or with ``dc_lambda > 0`` DC-ASGD's
     ``stepsize.delay_compensation`` of it, computed per CAS attempt from
-    theta_now and theta_read.
+    theta_now and theta_read, or with an ``optimizer`` (not plain SGD) the
+    optimizer's direction, whose state the store versions with x
+    (``asgd.optimizers``).
     """
 
     transform: Any
     dc_lambda: float
+    optimizer: Any = None    # OptimizerSpec of a stateful optimizer, or None
 
 
 def _model(spec: StepSizeSpec):
@@ -140,10 +143,12 @@ def transform(spec: StepSizeSpec, model=None):
                                 window=max(spec.window, 0), fit=parts.fit)
 
 
-def update_rule(spec: StepSizeSpec) -> UpdateRule:
-    """The executors' form of the rule: a tabulable step size, plus DC-ASGD's lambda."""
+def update_rule(spec: StepSizeSpec, optimizer=None) -> UpdateRule:
+    """The executors' form of the rule: a tabulable step size, plus DC-ASGD's
+    lambda or a stateful optimizer (an ``OptimizerSpec``; "sgd" means none)."""
+    stateful = optimizer if optimizer is not None and optimizer.name != "sgd" else None
     if spec.name == "dc_asgd":
         from asgd import stepsize
         check(spec)
-        return UpdateRule(stepsize.constant(spec.alpha), float(spec.dc_lambda))
-    return UpdateRule(transform(spec), 0.0)
+        return UpdateRule(stepsize.constant(spec.alpha), float(spec.dc_lambda), stateful)
+    return UpdateRule(transform(spec), 0.0, stateful)

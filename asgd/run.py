@@ -10,13 +10,14 @@ create ``<workdir>/runs/<timestamp>-<name>/`` and run the executor.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import os
 
 from asgd import data, executors, metrics, models, rules
-from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, RaySpec, RunSpec, Specs, StepSizeSpec,
-                        StopSpec)
+from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, OptimizerSpec, RaySpec, RunSpec, Specs,
+                        StepSizeSpec, StopSpec)
 
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -95,6 +96,8 @@ def parse(cfg) -> Specs:
     if cfg.stepsize == "dc_asgd" and cfg.algorithm not in ("sequential", "leashed"):
         raise ConfigError("stepsize 'dc_asgd' needs each update's theta_now - theta_read, which "
                           "the sequential and leashed executors provide; use one of those")
+    if cfg.worker not in ("compiled", "python"):
+        raise ConfigError(f"unknown worker {cfg.worker!r}; choose 'compiled' or 'python'")
     if cfg.batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
     if not (0 < cfg.learning_rate <= FLOAT32_MAX and math.isfinite(cfg.learning_rate)):
@@ -116,6 +119,16 @@ def parse(cfg) -> Specs:
     if backend == "ray":
         ray = _ray_spec(cfg)
     stepsize = stepsize_spec(cfg)
+    optimizer = optimizer_spec(cfg)
+    if optimizer.name != "sgd":
+        # The step-size rule scales the optimizer's learning rate: alpha(tau) built from it.
+        stepsize = dataclasses.replace(stepsize, alpha=optimizer.learning_rate)
+        if backend == "ray" or cfg.stepsize == "dc_asgd":
+            raise ConfigError(f"optimizer {optimizer.name!r} runs on the local backend with a "
+                              f"step-size table rule, not with {'backend ray' if backend == 'ray' else 'dc_asgd'}")
+        if cfg.worker == "python" and cfg.algorithm != "sync":
+            raise ConfigError(f"optimizer {optimizer.name!r} keeps its state in the store through the "
+                              f"compiled worker loop: use worker='compiled' (or algorithm 'sync')")
     if ray is not None:
         from asgd.executors.ray import ALGORITHMS as RAY_ALGORITHMS, RayBackendError, address
         if cfg.algorithm not in RAY_ALGORITHMS:
@@ -130,13 +143,14 @@ def parse(cfg) -> Specs:
         model=ModelSpec(cfg.model, (("hidden", tuple(int(h) for h in hidden)),)
                         if cfg.model == "mlp" else (), int(cfg.seed)),
         stepsize=stepsize,
+        optimizer=optimizer,
         executor=ExecutorSpec(cfg.algorithm, int(threads),
                               int(cfg.persistence) if cfg.algorithm == "leashed" else -1,
-                              int(cfg.batch_size), int(cfg.seed), ray),
+                              int(cfg.batch_size), int(cfg.seed), ray, cfg.worker),
         run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
                     _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
                     run_name(cfg), bool(cfg.tensorboard)),
-        cpus=_integer("cpus", cfg.cpus, 0))
+        cpus=_integer("cpus", cfg.cpus, -1))
 
 
 def stepsize_spec(cfg) -> StepSizeSpec:
@@ -148,6 +162,22 @@ def stepsize_spec(cfg) -> StepSizeSpec:
         float(cfg.dc_lambda))
     try:
         rules.check(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
+def optimizer_spec(cfg) -> OptimizerSpec:
+    """The optimizer fields of a train config, typed and checked (``asgd.optimizers.check``)."""
+    from asgd import optimizers
+    rate = float(cfg.optimizer_learning_rate)
+    if rate == 0:
+        rate = optimizers.DEFAULT_LEARNING_RATES.get(cfg.optimizer, 0.0)
+    spec = OptimizerSpec(cfg.optimizer, rate, float(cfg.optimizer_momentum),
+                         float(cfg.optimizer_b1), float(cfg.optimizer_b2), float(cfg.optimizer_eps),
+                         float(cfg.optimizer_decay), float(cfg.optimizer_weight_decay))
+    try:
+        optimizers.check(spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return spec
@@ -183,7 +213,7 @@ def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None
     if specs.executor.batch_size > examples:
         raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training set "
                           f"({examples} examples)")
-    rule = rules.update_rule(specs.stepsize)
+    rule = rules.update_rule(specs.stepsize, specs.optimizer)
     run_dir = run_dir or metrics.new_run_dir(specs.run.workdir, specs.run.name)
     with metrics.RunWriter(run_dir, config, problem.layout, specs.run.tensorboard) as writer:
         summary = executors.run(specs.executor, specs.run, problem, writer, rule)
@@ -196,14 +226,30 @@ def train(cfg, run_dir: str | None = None, problem=None) -> dict:
     return execute(parse(cfg), cfg.to_dict(), run_dir, problem)
 
 
-def restrict_cpus(count: int) -> None:
-    """Pin the process to ``count`` CPUs (0: leave it) before JAX starts its thread pools.
+def pin_process(specs: Specs) -> None:
+    """Apply ``cpus`` to this process (the run's own), before JAX starts.
 
-    XLA sizes its intra-op pools from the allowed CPUs, so this is the knob
-    that makes m workers occupy about m cores (XLA flags did not).
+    With the Ray backend the workers are other processes: only an explicit
+    count pins the driver.
     """
+    if specs.executor.ray is None or specs.cpus > 0:
+        restrict_cpus(specs.cpus, specs.executor.threads)
+
+
+def restrict_cpus(count: int, threads: int = 1) -> None:
+    """Pin the process to ``count`` CPUs before JAX starts its thread pools.
+
+    -1: one per worker, min(threads, available); 0: leave the process as it is.
+    XLA runs a computation on its own intra-op pool, sized from the CPUs the
+    process may use when JAX starts: with as many CPUs as workers, each of the
+    m concurrent gradients gets a core, while a lone gradient on a wider pool
+    is split over the cores, which is slower for small models (XLA flags did
+    not change that; the affinity does).
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    if count == -1:
+        count = min(threads, len(allowed))
     if count:
-        allowed = sorted(os.sched_getaffinity(0))
         if count > len(allowed):
             raise ConfigError(f"cpus={count} but only {len(allowed)} CPUs are available")
         os.sched_setaffinity(0, allowed[:count])

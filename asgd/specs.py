@@ -50,6 +50,20 @@ class StepSizeSpec:
     dc_lambda: float         # DC-ASGD's lambda
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """The optimizer whose state is versioned with the parameters (``asgd.optimizers``)."""
+
+    name: str                # sgd | momentum | nesterov | adam | adamw | rmsprop
+    learning_rate: float     # the optimizer's alpha (resolved: > 0; unused for sgd)
+    momentum: float          # momentum, nesterov: the trace's decay
+    b1: float                # adam, adamw
+    b2: float
+    eps: float               # adam, adamw, rmsprop
+    decay: float             # rmsprop
+    weight_decay: float      # adamw
+
+
 class StopSpec(NamedTuple):
     """The stop conditions; 0 = no limit. ``max_batches`` = epochs x batches per epoch."""
 
@@ -79,6 +93,7 @@ class ExecutorSpec:
     batch_size: int
     seed: int                # minibatch order
     ray: RaySpec | None      # None: threads over shared memory
+    worker: str = "compiled"  # compiled: the whole worker loop in XLA | python: a Python loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +117,7 @@ class Specs:
     data: DataSpec
     model: ModelSpec
     stepsize: StepSizeSpec
+    optimizer: OptimizerSpec
     executor: ExecutorSpec
     run: RunSpec
-    cpus: int                # pin the process to this many CPUs (0 = all)
+    cpus: int                # pin the process to this many CPUs (-1 = one per worker, 0 = all)

@@ -77,6 +77,13 @@ def available() -> bool:
     return _lib is not None
 
 
+def native():
+    """(ffi, lib) of the compiled kernel, for the other C objects it holds
+    (tickets and workers, ckernels/pworker.h)."""
+    _need_lib()
+    return _ffi, _lib
+
+
 def build_info() -> dict:
     """How the C kernel was built: {"compiler", "cflags", "vector"} (the widest
     vector instruction set the compiler was allowed)."""
@@ -167,10 +174,14 @@ class Snapshot:
 
 
 class Attempt:
-    """One open two-phase update (LEASHED). ``base``: read-only view of the latest
-    version this attempt is based on; ``out``: writable view of a private buffer
-    (pre-filled with a copy of base unless ``prefill=False``); ``staleness``:
-    base_version - t_read. Write the new vector into ``out`` and ``commit()``."""
+    """One open two-phase update. ``base``: read-only view of the version this
+    attempt is based on (LEASHED: the latest when it began; LOCKED: the shared
+    buffer, which nobody else changes while the attempt holds the writer lock;
+    HOGWILD: the shared buffer, which others keep writing); ``out``: writable
+    view of a private buffer (pre-filled with a copy of base unless
+    ``prefill=False``); ``staleness``: base_version - t_read. Write the new
+    vector into ``out`` and ``commit()``, or give it as segments to
+    ``commit_segments``."""
 
     __slots__ = ("_store", "_a", "_prefill", "base", "out", "_open")
 
@@ -199,6 +210,11 @@ class Attempt:
         return self._a.attempts
 
     @property
+    def overwritten(self) -> int:
+        """HOGWILD: updates applied between begin and commit (their writes are lost)."""
+        return self._a.overwritten
+
+    @property
     def is_open(self) -> bool:
         return self._open
 
@@ -210,6 +226,23 @@ class Attempt:
         if not self._open:
             raise StoreError("attempt is not open")
         r = _lib.pstore_commit(self._store._h, self._a, int(bool(rebase)), self._prefill)
+        if r < 0:
+            _raise(r, "commit")
+        if r == 1:
+            self._open = False
+            self.base = self.out = None
+            return True
+        self._refresh()
+        return False
+
+    def commit_segments(self, segments, rebase: bool = True) -> bool:
+        """Commit the new vector given as float32 segments concatenating to d
+        (e.g. the leaves of a params pytree) instead of ``out``; as ``commit``,
+        except that ``out`` is not re-filled on a rebase."""
+        if not self._open:
+            raise StoreError("attempt is not open")
+        segs, lens, n = self._store._segments(segments)
+        r = _lib.pstore_commit_segments(self._store._h, self._a, segs, lens, n, int(bool(rebase)))
         if r < 0:
             _raise(r, "commit")
         if r == 1:
@@ -431,10 +464,9 @@ class ParameterStore:
         return UpdateResult(r.applied != 0, r.attempts, r.staleness, r.version)
 
     def begin(self, t_read: int, prefill: bool = True) -> Attempt:
-        """Open a two-phase update (LEASHED only): see Attempt."""
+        """Open a two-phase update: see Attempt. In LOCKED mode it holds the
+        writer lock until commit or abort."""
         self._check_open()
-        if self.mode != "leashed":
-            raise StoreError(f"begin/commit needs mode 'leashed', this store is {self.mode!r}")
         if t_read < 0:
             raise ValueError(f"t_read must be >= 0, got {t_read}")
         a = _ffi.new("pstore_attempt *")
@@ -447,10 +479,11 @@ class ParameterStore:
 
     def update_with(self, fn: Callable[[np.ndarray, int], None], t_read: int,
                     persistence: int = -1, prefill: bool = True) -> UpdateResult:
-        """Two-phase retry loop for arbitrary update rules (LEASHED): per attempt,
+        """Two-phase retry loop for arbitrary update rules: per attempt,
         ``fn(out, staleness)`` writes the new vector into ``out`` in place (``out``
-        holds a copy of the latest version unless prefill=False); then a CAS
-        publishes it. Retries as ``update`` does with ``persistence``."""
+        holds a copy of the base version unless prefill=False); then commit
+        publishes it (LEASHED: a CAS, retried as ``update`` does with
+        ``persistence``; LOCKED and HOGWILD: always applied)."""
         if persistence < -1:
             raise ValueError(f"persistence must be >= -1, got {persistence}")
         att = self.begin(t_read, prefill)

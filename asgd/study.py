@@ -100,7 +100,7 @@ def check(study) -> None:
         raise StudyError("study_dir is empty")
     if len(study.targets) == 0:
         raise StudyError("targets is empty: give at least one training-loss level")
-    if study.base.cpus and not study.isolate:
+    if study.base.cpus > 0 and not study.isolate:
         raise StudyError("base.cpus pins a process's CPUs: it needs isolate=True (one process per run)")
 
 
@@ -193,10 +193,10 @@ def run_isolated(run: Planned, run_dir: str) -> dict:
 
 def run_one(run_dir: str) -> int:
     """The child side of ``run_isolated``: train the config.json in ``run_dir``."""
-    from asgd.run import execute, parse, restrict_cpus
+    from asgd.run import execute, parse, pin_process
     cfg = config_dict.ConfigDict(metrics.read_json(os.path.join(run_dir, "config.json")))
     specs = parse(cfg)
-    restrict_cpus(specs.cpus)
+    pin_process(specs)
     execute(specs, cfg.to_dict(), run_dir)
     return 0
 

@@ -27,15 +27,37 @@ ROOT = os.path.dirname(HERE)
 
 DEFAULT_CFLAGS = "-std=c11 -O3 -march=native -fopenmp-simd"
 
-def header_cdef(path: str = os.path.join(HERE, "pstore.h")) -> str:
-    """The cffi cdef, read from pstore.h so the two can never drift apart.
+HEADERS = ("pstore.h", "pworker.h")
+SOURCES = ("pstore.c", "pworker.c", "pworker_ffi.c")
+
+
+def jaxlib_include() -> str:
+    """XLA's FFI headers as jaxlib ships them (``jax.ffi.include_dir()``), found
+    without importing jax; ``ASGD_JAXLIB_INCLUDE`` overrides. The handlers in
+    pworker_ffi.c report the API version of these headers, so build against a
+    jaxlib no newer than the one that runs them (normally the same)."""
+    import importlib.util
+    override = os.environ.get("ASGD_JAXLIB_INCLUDE")
+    if override:
+        return override
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("building asgd's C kernel needs jaxlib's XLA FFI headers: "
+                           "pip install jaxlib (or set ASGD_JAXLIB_INCLUDE)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "include")
+
+
+def header_cdef(paths=tuple(os.path.join(HERE, h) for h in HEADERS)) -> str:
+    """The cffi cdef, read from the headers so the two can never drift apart.
 
     Comments, the ``extern "C"`` guards and preprocessor lines are dropped;
     ``#define PSTORE_NAME value`` becomes ``#define PSTORE_NAME ...`` (cffi
     takes the value from the compiler).
     """
-    with open(path) as f:
-        text = re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S)
+    text = ""
+    for path in paths:
+        with open(path) as f:
+            text += re.sub(r"/\*.*?\*/", "", f.read(), flags=re.S) + "\n"
     text = re.sub(r"#ifdef __cplusplus.*?#endif", "", text, flags=re.S)
     lines = []
     for line in text.splitlines():
@@ -61,10 +83,10 @@ def make_builder(absolute=False):
     b.cdef(header_cdef())
     b.set_source(
         "asgd._pstore",
-        '#include "pstore.h"',
-        sources=[os.path.join(base, "ckernels", "pstore.c")],
-        include_dirs=[os.path.join(base, "ckernels")],
-        depends=[os.path.join(base, "ckernels", "pstore.h")],
+        '#include "pstore.h"\n#include "pworker.h"',
+        sources=[os.path.join(base, "ckernels", c) for c in SOURCES],
+        include_dirs=[os.path.join(base, "ckernels"), jaxlib_include()],
+        depends=[os.path.join(base, "ckernels", h) for h in HEADERS],
         extra_compile_args=_cflags(),
         define_macros=[("PSTORE_CFLAGS", '"' + " ".join(_cflags()).replace('"', "'") + '"')],
         extra_link_args=["-pthread"],

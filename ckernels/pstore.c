@@ -88,6 +88,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -135,6 +136,7 @@ struct pstore {
     alignas(CACHELINE) _Atomic uint64_t free_head;  /* idx | tag<<16 */
     alignas(CACHELINE) _Atomic int64_t ver;         /* HOGWILD/LOCKED version */
     pthread_mutex_t mu;                             /* LOCKED data lock */
+    sem_t writer;                                   /* LOCKED: one read-modify-write at a time */
     pthread_mutex_t alloc_mu;                       /* allocation only (rare) */
     _Atomic int32_t nalloc;                         /* buffers with data */
 
@@ -448,6 +450,7 @@ void pstore_destroy(pstore *s) {
     if (!atomic_load(&s->freed)) free_buffers(s);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->alloc_mu);
+    sem_destroy(&s->writer);
     free(s->bufs);
     free(s->live_hist);
     free(s);
@@ -503,6 +506,7 @@ int pstore_create(int64_t d, int32_t mode, const float *init,
     s->max_buffers = max_buffers;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->alloc_mu, NULL);
+    sem_init(&s->writer, 0, 1);
     atomic_init(&s->free_head, (uint64_t)NIL_IDX);
 
     int32_t b = take_buffer(s); /* buffer 0: the initial version / shared */
@@ -597,6 +601,13 @@ int64_t pstore_generation(pstore *s, int32_t handle) {
 /* ------------------------------------------------------------------------ */
 /* update                                                                    */
 
+/* LOCKED writer lock: a semaphore, not a mutex, because a two-phase update
+ * (begin ... commit) may be finished by another thread than the one that
+ * began it (XLA runs the two custom calls on whichever of its threads). */
+static void sem_wait_all(pstore *s) {
+    while (sem_wait(&s->writer) != 0) { /* EINTR: try again */ }
+}
+
 static inline float scale_for(int64_t tau, float scale, const float *scales,
                               int32_t nscales) {
     if (nscales <= 0) return scale;
@@ -640,10 +651,12 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         goto out;
     }
     if (s->mode == PSTORE_LOCKED) {
+        sem_wait_all(s);
         pthread_mutex_lock(&s->mu);
         int64_t t = atomic_load_explicit(&s->ver, memory_order_relaxed);
         if (t_read > t) {
             pthread_mutex_unlock(&s->mu);
+            sem_post(&s->writer);
             r.status = PSTORE_EINVAL;
             goto out;
         }
@@ -656,6 +669,7 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         }
         atomic_store_explicit(&s->ver, t + 1, memory_order_release);
         pthread_mutex_unlock(&s->mu);
+        sem_post(&s->writer);
         r.version = t + 1;
         r.applied = 1; r.attempts = 1; r.staleness = t - t_read;
         count_publish(s); cnt_add(&s->cas_attempts, 1);
@@ -700,7 +714,25 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
-/* two-phase API (LEASHED)                                                   */
+/* two-phase API: a read-modify-write computed by the caller                 */
+/*
+ * LEASHED  begin takes a reference to latest (base) and a private buffer
+ *          (out); commit CASes latest from base to out (protocol above).
+ * LOCKED   begin takes the writer lock (a semaphore, held until commit or
+ *          abort) and a private out buffer; base is the shared buffer, which
+ *          only the holder of the writer lock changes, so it is stable and
+ *          consistent. commit writes the new vector into the shared buffer
+ *          under the data mutex (readers copy under it), increments the
+ *          version and releases the writer lock. Invariant L: between begin
+ *          and commit no other update is applied, so tau = base_version -
+ *          t_read and nothing is lost.
+ * HOGWILD  begin takes a private out buffer; base is the shared buffer, which
+ *          others keep writing (racy reads, as Hogwild! reads). commit writes
+ *          the new vector into the shared buffer without synchronisation and
+ *          increments the version; a->overwritten counts the updates applied
+ *          between begin and commit, whose effect on the elements this one
+ *          rewrites is lost (reported, not prevented).
+ */
 
 static int attempt_rebase(pstore *s, pstore_attempt *a, int32_t prefill) {
     int32_t i = ref_latest(s);
@@ -718,33 +750,102 @@ int pstore_begin(pstore *s, int64_t t_read, int32_t prefill, pstore_attempt *a) 
     a->base_handle = a->out_handle = -1;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return a->status = rc;
-    if (s->mode != PSTORE_LEASHED) { rc = PSTORE_EMODE; goto out; }
     int32_t j = take_buffer(s);
     if (j < 0) { rc = j; goto out; }
     a->out_handle = j;
     a->out = s->bufs[j].data;
     a->t_read = t_read;
-    attempt_rebase(s, a, 0);
+    if (s->mode == PSTORE_LEASHED) {
+        attempt_rebase(s, a, 0);
+    } else {
+        if (s->mode == PSTORE_LOCKED) sem_wait_all(s);          /* invariant L */
+        a->base_handle = 0;                                     /* the shared buffer */
+        a->base = s->bufs[0].data;
+        a->base_version = atomic_load_explicit(&s->ver, memory_order_acquire);
+        a->staleness = a->base_version - t_read;
+    }
     if (t_read > a->base_version) {
-        ref_drop(s, a->base_handle, 1);
+        if (s->mode == PSTORE_LEASHED) ref_drop(s, a->base_handle, 1);
+        if (s->mode == PSTORE_LOCKED) sem_post(&s->writer);
         pool_push(s, j);
         a->base_handle = a->out_handle = -1;
         a->base = NULL; a->out = NULL;
         rc = PSTORE_EINVAL;
         goto out;
     }
-    if (prefill) memcpy(a->out, a->base, (size_t)s->d * sizeof(float));
+    if (prefill) pstore_copy_base(s, a, a->out);
     atomic_fetch_add(&s->held, 1);
 out:
     op_exit(s);
     return a->status = rc;
 }
 
-int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill) {
-    if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
+void pstore_copy_base(pstore *s, const pstore_attempt *a, float *dst) {
+    if (s->mode == PSTORE_HOGWILD) copy_racy(dst, a->base, s->d);
+    else memcpy(dst, a->base, (size_t)s->d * sizeof(float));
+}
+
+/* The attempt is over: give back out and (LEASHED) the base reference. */
+static void attempt_end(pstore *s, pstore_attempt *a) {
+    if (a->base_handle >= 0 && s->mode == PSTORE_LEASHED) ref_drop(s, a->base_handle, 1);
+    if (a->out_handle >= 0) pool_push(s, a->out_handle);
+    a->base_handle = a->out_handle = -1;
+    a->base = NULL; a->out = NULL;
+    held_dec(s);
+}
+
+/* LOCKED / HOGWILD commit: the new vector (segments) into the shared buffer. */
+static int commit_shared(pstore *s, pstore_attempt *a, float *const *segs,
+                         const int64_t *lens, int32_t nseg) {
+    float *x = s->bufs[0].data;
+    int64_t off = 0;
+    a->attempts++;
+    cnt_add(&s->cas_attempts, 1);
+    if (s->mode == PSTORE_LOCKED) {
+        pthread_mutex_lock(&s->mu);
+        for (int32_t k = 0; k < nseg; k++) {
+            memcpy(x + off, segs[k], (size_t)lens[k] * sizeof(float));
+            off += lens[k];
+        }
+        atomic_store_explicit(&s->ver, a->base_version + 1, memory_order_release);
+        pthread_mutex_unlock(&s->mu);
+        sem_post(&s->writer);                                   /* invariant L */
+    } else {
+        for (int32_t k = 0; k < nseg; k++) {
+            copy_racy(x + off, segs[k], lens[k]);
+            off += lens[k];
+        }
+        int64_t t = atomic_fetch_add_explicit(&s->ver, 1, memory_order_acq_rel);
+        a->overwritten = t - a->base_version;
+        a->staleness = t - a->t_read;
+    }
+    a->base_handle = -1;                                        /* nothing to drop */
+    attempt_end(s, a);
+    count_publish(s);  /* after the private buffer went back, as in the fused update */
+    return 1;
+}
+
+int pstore_commit_segments(pstore *s, pstore_attempt *a, float *const *segs,
+                           const int64_t *lens, int32_t nseg, int32_t rebase) {
+    if (!s || !a || a->out_handle < 0 || a->base_handle < 0 || nseg < 1) return PSTORE_EINVAL;
+    int64_t total = 0;
+    for (int32_t k = 0; k < nseg; k++) {
+        if (lens[k] < 0 || (lens[k] > 0 && !segs[k])) return PSTORE_EINVAL;
+        total += lens[k];
+    }
+    if (total != s->d) return PSTORE_EINVAL;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return rc;
-    if (s->mode != PSTORE_LEASHED) { op_exit(s); return PSTORE_EMODE; }
+    if (s->mode != PSTORE_LEASHED) {
+        rc = commit_shared(s, a, segs, lens, nseg);
+        op_exit(s);
+        return rc;
+    }
+    int64_t off = 0;
+    for (int32_t k = 0; k < nseg; k++) {
+        if (segs[k] != a->out + off) memcpy(a->out + off, segs[k], (size_t)lens[k] * sizeof(float));
+        off += lens[k];
+    }
     s->bufs[a->out_handle].version = a->base_version + 1;
     a->attempts++;
     cnt_add(&s->cas_attempts, 1);
@@ -759,7 +860,7 @@ int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill)
         return 1;
     }
     cnt_add(&s->cas_failures, 1);
-    if (rebase) attempt_rebase(s, a, prefill);
+    if (rebase) attempt_rebase(s, a, 0);
     else {
         /* keep the attempt open on a fresh reference: the caller aborts it */
         a->base_handle = ref_latest(s);
@@ -771,16 +872,22 @@ int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill)
     return 0;
 }
 
+int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill) {
+    if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
+    float *segs[1] = {a->out};
+    int64_t lens[1] = {s->d};
+    int rc = pstore_commit_segments(s, a, segs, lens, 1, rebase);
+    if (rc == 0 && rebase && prefill) memcpy(a->out, a->base, (size_t)s->d * sizeof(float));
+    return rc;
+}
+
 int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped) {
     if (!s || !a || a->out_handle < 0 || a->base_handle < 0) return PSTORE_EINVAL;
     int rc = op_enter(s, 1);
     if (rc != PSTORE_OK) return rc;
-    ref_drop(s, a->base_handle, 1);
-    pool_push(s, a->out_handle);
-    a->base_handle = a->out_handle = -1;
-    a->base = NULL; a->out = NULL;
+    if (s->mode == PSTORE_LOCKED) sem_post(&s->writer);        /* invariant L */
+    attempt_end(s, a);
     if (count_dropped) cnt_add(&s->dropped, 1);
-    held_dec(s);
     op_exit(s);
     return PSTORE_OK;
 }
@@ -789,11 +896,15 @@ int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped) {
 /* reads and stats                                                           */
 
 int pstore_read_copy(pstore *s, float *dst, int64_t *version) {
-    if (!s || !dst) return PSTORE_EINVAL;
+    return s ? pstore_read_prefix(s, dst, s->d, version) : PSTORE_EINVAL;
+}
+
+int pstore_read_prefix(pstore *s, float *dst, int64_t count, int64_t *version) {
+    if (!s || !dst || count < 1 || count > s->d) return PSTORE_EINVAL;
     int rc = op_enter(s, 0);
     if (rc != PSTORE_OK) return rc;
     int64_t v = 0;
-    size_t n = (size_t)s->d * sizeof(float);
+    size_t n = (size_t)count * sizeof(float);
     if (s->mode == PSTORE_LEASHED) {
         int32_t i = ref_latest(s);
         memcpy(dst, s->bufs[i].data, n);
@@ -806,7 +917,7 @@ int pstore_read_copy(pstore *s, float *dst, int64_t *version) {
         pthread_mutex_unlock(&s->mu);
     } else {
         v = atomic_load_explicit(&s->ver, memory_order_acquire);
-        copy_racy(dst, s->bufs[0].data, s->d);
+        copy_racy(dst, s->bufs[0].data, count);
     }
     if (version) *version = v;
     op_exit(s);

@@ -97,6 +97,7 @@ typedef struct {
     int32_t out_handle;
     int32_t attempts;     /* commits tried so far */
     int32_t status;
+    int64_t overwritten;  /* HOGWILD: updates applied between begin and commit */
 } pstore_attempt;
 
 /* Create a store of dimension d (1..PSTORE_MAX_D) in `mode`. init: d floats or
@@ -129,19 +130,31 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
                             int32_t nseg, float scale, const float *scales,
                             int32_t nscales, int64_t t_read, int64_t persistence);
 
-/* Two-phase API (LEASHED). begin: take a private buffer and a reference to
- * latest; if prefill, copy latest into out. commit: CAS latest from base to
- * out. Returns 1 applied (attempt finished), 0 CAS failed, <0 error. On 0 with
+/* Two-phase API, for update rules computed by the caller. begin: take a
+ * private buffer `out` and the current version `base` (LEASHED: a reference
+ * to latest; LOCKED: the shared buffer, under a writer lock held until commit
+ * or abort; HOGWILD: the shared buffer, racy); if prefill, copy base into out.
+ * commit: publish out (LEASHED: CAS latest from base to out; LOCKED and
+ * HOGWILD: write it into the shared buffer, which always succeeds). Returns 1
+ * applied (attempt finished), 0 CAS failed (LEASHED), <0 error. On 0 with
  * rebase != 0 the attempt is moved onto the new latest (base re-acquired,
  * out re-filled if prefill, staleness updated) and stays open; with rebase ==
  * 0 it stays open on the old base and must be aborted. abort: give back the
- * buffers; count_dropped adds to the dropped counter. */
+ * buffers (and the writer lock); count_dropped adds to the dropped counter. */
 int pstore_begin(pstore *s, int64_t t_read, int32_t prefill, pstore_attempt *a);
 int pstore_commit(pstore *s, pstore_attempt *a, int32_t rebase, int32_t prefill);
 int pstore_abort(pstore *s, pstore_attempt *a, int32_t count_dropped);
+/* commit with the new vector given as nseg segments (concatenating to d)
+ * instead of out; rebase as for pstore_commit (out is not re-filled). */
+int pstore_commit_segments(pstore *s, pstore_attempt *a, float *const *segs,
+                           const int64_t *lens, int32_t nseg, int32_t rebase);
+/* Copy an open attempt's base into dst (d floats; HOGWILD: racy). */
+void pstore_copy_base(pstore *s, const pstore_attempt *a, float *dst);
 
 /* Consistent copy (HOGWILD: racy copy) into dst (d floats). *version out. */
 int pstore_read_copy(pstore *s, float *dst, int64_t *version);
+/* The same for the first count floats only (1 <= count <= d). */
+int pstore_read_prefix(pstore *s, float *dst, int64_t count, int64_t *version);
 int64_t pstore_version(pstore *s);          /* <0 if closed */
 int pstore_get_stats(pstore *s, pstore_stats *st);
 /* Live-buffer histogram: out[k] = applied updates after whose publish k

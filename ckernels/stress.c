@@ -29,8 +29,9 @@
  *    dropped = update calls, live = 1 and held = 0 at the end; the
  *    live-buffer histogram counts every applied update once, within
  *    1..peak_live (all modes).
- * Odd threads in LEASHED use the two-phase begin/commit API, even threads
- * the fused update; persistence is drawn from {-1, 0, 1, 3}.
+ * Odd threads in LEASHED and LOCKED use the two-phase begin/commit API (half
+ * of them committing the new vector as segments), even threads the fused
+ * update; persistence is drawn from {-1, 0, 1, 3}.
  * HOGWILD: the run must complete; lost updates are measured and reported.
  *
  * Exit status: 0 if every check passed, 1 otherwise.
@@ -65,6 +66,7 @@ typedef struct {
     int64_t nlog;
     int64_t calls, applied, dropped;
     double hw_expected;    /* HOGWILD: sum of applied scales */
+    float *scratch;        /* d floats: the new vector of a segmented commit */
     int64_t errors;
     pthread_barrier_t *bar;
 } targ;
@@ -129,16 +131,26 @@ static int pick_persistence(uint64_t *rng) {
 static void do_update(targ *t, int64_t t_read, uint64_t *rng) {
     int p = pick_persistence(rng);
     t->calls++;
-    if (t->mode == PSTORE_LEASHED && (t->id & 1)) {
-        /* two-phase API: out = base + s(tau) * 1 */
+    if (t->mode != PSTORE_HOGWILD && (t->id & 1)) {
+        /* two-phase API: out = base + s(tau) * 1; every other such thread builds
+         * the new vector in its own scratch and commits it as two segments */
+        int segmented = t->id % 4 == 3;
         pstore_attempt a;
-        int rc = pstore_begin(t->s, t_read, 1, &a);
+        int rc = pstore_begin(t->s, t_read, !segmented, &a);
         if (rc != PSTORE_OK) { FAIL(t, "begin: %s", pstore_strerror(rc)); return; }
         for (int k = 0;; k++) {
             float sc = scale_of(t, a.staleness);
-            for (int64_t i = 0; i < t->d; i++) a.out[i] += sc;
             int64_t produced = a.base_version + 1;
-            rc = pstore_commit(t->s, &a, 1, 1);
+            if (segmented) {
+                pstore_copy_base(t->s, &a, t->scratch);
+                for (int64_t i = 0; i < t->d; i++) t->scratch[i] += sc;
+                float *segs[2] = {t->scratch, t->scratch + t->d / 3};
+                int64_t lens[2] = {t->d / 3, t->d - t->d / 3};
+                rc = pstore_commit_segments(t->s, &a, segs, lens, 2, 1);
+            } else {
+                for (int64_t i = 0; i < t->d; i++) a.out[i] += sc;
+                rc = pstore_commit(t->s, &a, 1, 1);
+            }
             if (rc == 1) {
                 record(t, produced, sc);
                 t->applied++;
@@ -252,6 +264,7 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
         t->segs[1] = ones + l0; t->lens[1] = l1;
         t->segs[2] = ones + l0 + l1; t->lens[2] = l2;
         t->log = malloc(sizeof(sample) * (size_t)(per + 1));
+        t->scratch = malloc(sizeof(float) * (size_t)d);
         pthread_create(&th[k], NULL, worker, t);
     }
     for (int k = 0; k < m; k++) pthread_join(th[k], NULL);
@@ -359,7 +372,7 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
     pstore_snapshot sn = pstore_acquire(s, 0);
     CHECK(sn.status == PSTORE_ECLOSED, "acquire after close did not fail");
     pstore_destroy(s);
-    for (int k = 0; k < m; k++) free(ts[k].log);
+    for (int k = 0; k < m; k++) free(ts[k].log), free(ts[k].scratch);
     free(ts); free(th); free(ones); free(fin); free((void *)inc);
     pthread_barrier_destroy(&bar);
     return errors;

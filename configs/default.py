@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
     c.threads = 2                 # worker threads m (backend ray: worker actors)
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
-    c.cpus = 0                    # restrict the process to this many CPUs (0 = all allowed)
+    c.cpus = -1                   # pin the process to this many CPUs before JAX starts: -1 = one per worker
+                                  # (min(threads, available)), 0 = all allowed, N = N
+    c.worker = "compiled"         # compiled: each worker's whole loop inside one XLA computation (no Python
+                                  # per step) | python: a Python loop per step (DC-ASGD and sync always are)
 
     # Where the workers run (see docs/ray.md).
     c.backend = "local"           # local: threads over shared memory | ray: worker actors + a parameter-server actor
@@ -49,6 +52,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.tail_amplitude = 0.5        # TAIL-tau's amplitude A in [0, 1]
     c.stepsize_window = 0         # warm-up updates: TAIL-tau's CDF window (<= 0: 1000); mindthestep online fit (0 = off)
     c.dc_lambda = 0.1             # DC-ASGD's delay-compensation strength lambda
+    c.optimizer = "sgd"           # sgd | momentum | nesterov | adam | adamw | rmsprop: state versioned with the
+                                  # parameters; the step size scales its learning rate (docs/optimizers.md)
+    c.optimizer_learning_rate = 0.0  # the optimizer's alpha, in place of learning_rate (0 = its usual default:
+                                  # momentum, nesterov 0.01; adam, adamw, rmsprop 0.001)
+    c.optimizer_momentum = 0.9    # momentum, nesterov: decay of the momentum trace
+    c.optimizer_b1 = 0.9          # adam, adamw: decay of the first moment
+    c.optimizer_b2 = 0.999        # adam, adamw: decay of the second moment
+    c.optimizer_eps = 1e-8        # adam, adamw, rmsprop: added to the root of the second moment
+    c.optimizer_decay = 0.9       # rmsprop: decay of the squared-gradient average
+    c.optimizer_weight_decay = 1e-4  # adamw: decoupled weight decay
     c.seed = 0                    # model init and minibatch order
 
     # Stopping: the first condition reached ends the run (0 = no limit).

@@ -454,8 +454,6 @@ def test_release_twice_and_attempt_misuse():
         att.abort()
     with pytest.raises(ValueError):
         st.begin(7)
-    with pytest.raises(StoreError, match="leashed"):
-        ParameterStore(10, "locked").begin(0)
     with pytest.raises(ValueError):
         st.update_with(lambda o, t: None, 0, persistence=-3)
     assert st.stats()["held"] == 0
@@ -518,3 +516,46 @@ def test_build_info_names_the_compiler_flags_and_vector_set():
     info = build_info()
     assert set(info) == {"compiler", "cflags", "vector"}
     assert "-O" in info["cflags"] and info["vector"] in ("avx512f", "avx2", "sse2", "none")
+
+
+@pytest.mark.parametrize("mode", ["leashed", "locked", "hogwild"])
+def test_two_phase_update_with_segments_in_every_mode(mode):
+    """begin -> new vector computed outside -> commit_segments, as a stateful optimizer does."""
+    st = ParameterStore(6, mode, init=np.arange(6, dtype=np.float32))
+    att = st.begin(0, prefill=False)
+    np.testing.assert_array_equal(att.base, np.arange(6))
+    new = np.asarray(att.base) * 2 + 1
+    assert att.commit_segments([new[:2].copy(), new[2:].copy()])
+    np.testing.assert_array_equal(st.read_copy(), np.arange(6) * 2 + 1)
+    assert st.version == 1 and st.stats()["held"] == 0 and st.stats()["applied"] == 1
+    with pytest.raises(ValueError):  # the segments must add up to d
+        bad = st.begin(1)
+        try:
+            bad.commit_segments([new[:3].copy()])
+        finally:
+            bad.abort()
+    assert st.stats()["held"] == 0
+
+
+def test_locked_two_phase_holds_the_writer_lock_until_commit():
+    """Another update waits for an open LOCKED attempt: nothing lands in between."""
+    st = ParameterStore(4, "locked")
+    att = st.begin(0, prefill=False)
+    done = threading.Event()
+    other = threading.Thread(target=lambda: (st.update(np.ones(4, np.float32), 1.0, 0), done.set()))
+    other.start()
+    assert not done.wait(0.2)          # blocked by the open attempt
+    assert att.commit_segments([np.full(4, 5.0, np.float32)])
+    other.join(5)
+    assert done.is_set()
+    np.testing.assert_array_equal(st.read_copy(), np.full(4, 6.0))
+    assert st.version == 2
+
+
+def test_hogwild_two_phase_reports_what_it_overwrote():
+    st = ParameterStore(3, "hogwild")
+    att = st.begin(0, prefill=False)
+    st.update(np.ones(3, np.float32), 1.0, 0)      # lands between begin and commit
+    assert att.commit_segments([np.full(3, 2.0, np.float32)])
+    assert att.overwritten == 1
+    np.testing.assert_array_equal(st.read_copy(), np.full(3, 2.0))  # the racing update is lost

@@ -31,9 +31,21 @@ ALGORITHMS = tuple(STORE_MODES)
 MAX_THREADS = 256
 
 
-def make_store(algorithm: str, init):
-    """A fresh parameter store holding ``init`` in the algorithm's mode."""
+def runs_compiled(spec: ExecutorSpec, rule) -> bool:
+    """Whether the run uses the compiled worker loop (``compiled``): asynchronous
+    algorithms with a scale-table rule, unless ``worker = python`` is asked for."""
+    return spec.worker == "compiled" and spec.algorithm != "sync" and not rule.dc_lambda
+
+
+def make_store(algorithm: str, init, worker: str = "python"):
+    """A fresh parameter store holding ``init`` in the algorithm's mode.
+
+    The compiled loop needs the C store: sequential runs it on a LOCKED one
+    (one worker: no contention, the same arithmetic).
+    """
     mode = STORE_MODES[algorithm]
+    if mode is None and worker == "compiled":
+        mode = "locked"
     if mode is None:
         from asgd.executors.sequential import NumpyStore
         return NumpyStore(init)
@@ -46,16 +58,37 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
     if spec.ray is not None:  # worker and parameter-server actors
         from asgd.executors.ray import driver
         return driver.run(spec, run_spec, problem, writer, rule)
-    warm_up(spec, problem)
     from asgd.executors import asynchronous, sync
-    execute = sync.run if spec.algorithm == "sync" else asynchronous.run
-    with make_store(spec.algorithm, problem.init_flat) as store:
-        return execute(spec, run_spec, problem, writer, rule, store)
+    worker = "compiled" if runs_compiled(spec, rule) else "python"
+    versioned = None
+    if rule.optimizer is not None:   # the store versions the optimizer's state with x
+        from asgd import optimizers
+        versioned = optimizers.versioned(optimizers.direction(rule.optimizer), problem.layout,
+                                         problem.init_flat)
+    warm_up(spec, run_spec, problem, worker, versioned, rule.optimizer)
+    if worker == "compiled":
+        import asgd.executors.compiled as compiled_loop
+        execute = compiled_loop.run
+    else:
+        execute = sync.run if spec.algorithm == "sync" else asynchronous.run
+    init = problem.init_flat if versioned is None else versioned.init
+    with make_store(spec.algorithm, init, worker) as store:
+        if versioned is None:
+            return execute(spec, run_spec, problem, writer, rule, store)
+        return execute(spec, run_spec, problem, writer, rule, store, versioned)
 
 
-def warm_up(spec: ExecutorSpec, problem) -> None:
-    """Compile the gradient and eval functions before the clock starts."""
+def warm_up(spec: ExecutorSpec, run_spec: RunSpec, problem, worker: str, versioned=None,
+            optimizer=None) -> None:
+    """Compile the gradient (or the whole worker loop) and the evaluation before the clock starts."""
     import jax
-    x, y = problem.train.x[:spec.batch_size], problem.train.y[:spec.batch_size]
-    jax.block_until_ready(problem.grad_fn(problem.init_flat, x, y))
+    if worker == "compiled":
+        from asgd.data import Batches
+        import asgd.executors.compiled as compiled_loop
+        per_epoch = Batches(problem.train, spec.batch_size, spec.seed).per_epoch
+        epochs = compiled_loop.window_epochs(per_epoch, run_spec.stop.epochs * per_epoch)
+        compiled_loop.compiled_loop(problem, spec.batch_size, per_epoch, epochs, versioned, optimizer)
+    else:
+        x, y = problem.train.x[:spec.batch_size], problem.train.y[:spec.batch_size]
+        jax.block_until_ready(problem.grad_fn(problem.init_flat, x, y))
     problem.evaluate(problem.init_flat)

@@ -100,16 +100,22 @@ class Setup(NamedTuple):
     monitor: Monitor
 
 
-def prepare(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store) -> Setup:
-    """The minibatch stream, tickets, logs, scale table and monitor of a local run."""
+def prepare(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule, store,
+            versioned=None) -> Setup:
+    """The minibatch stream, tickets, logs, scale table and monitor of a local run.
+
+    With ``versioned`` the store holds the parameters followed by an
+    optimizer's state: the monitor evaluates the parameters only."""
     batches = Batches(problem.train, spec.batch_size, spec.seed)
     stop = run_spec.stop
     max_batches = stop.epochs * batches.per_epoch
     tickets = Tickets(stop.num_updates, max_batches)
     logs = [WorkerLog() for _ in range(spec.threads)]
     scales = ScaleController(schedule(rule.transform), logs)
+    d = problem.layout.size
+    evaluate = problem.evaluate if versioned is None else (lambda flat: problem.evaluate(flat[:d]))
     monitor = Monitor(run_spec, {"algorithm": spec.algorithm, "threads": spec.threads},
-                      problem.evaluate, store, tickets, logs, writer, max_batches,
+                      evaluate, store, tickets, logs, writer, max_batches,
                       parts=[scales.summary])
     return Setup(batches, tickets, logs, scales, monitor)
 

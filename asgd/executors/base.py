@@ -38,47 +38,73 @@ class RunAborted(RuntimeError):
 
 
 class Tickets:
-    """Hands out minibatch numbers; counts applied updates; decides the stop."""
+    """Hands out minibatch numbers; counts applied updates; decides the stop.
+
+    The state lives in C (``ptickets`` in ckernels/pworker.c, invariants
+    there) so that workers running inside a compiled loop take and finish
+    tickets without Python; the Python-driven executors use the same object.
+    The epoch limit stops handing out minibatches but lets the gradients in
+    flight be applied: every minibatch handed out is applied, dropped or
+    (after a stop for another reason) discarded.
+    """
+
+    _REASONS = {"num_updates": 1, "epochs": 2, "time_budget": 3, "target_loss": 4,
+                "diverged: non-finite minibatch loss": 5, "diverged": 6, "interrupted": 7,
+                "error": 8}
 
     def __init__(self, num_updates: int = 0, max_batches: int = 0):
-        self.num_updates, self.max_batches = num_updates, max_batches
-        self._lock = threading.Lock()
-        self.next_batch = self.applied = self.in_flight = 0
-        self.applied_after_stop = 0
-        self.stop_reason: str | None = None
+        from asgd.store import native
+        self._ffi, self._lib = native()
+        out = self._ffi.new("ptickets **")
+        rc = self._lib.ptickets_create(int(num_updates), int(max_batches), out)
+        if rc:
+            raise ValueError(f"tickets: num_updates and max_batches must be >= 0")
+        self.handle = self._ffi.gc(out[0], self._lib.ptickets_destroy)
+        self.num_updates, self.max_batches = int(num_updates), int(max_batches)
+        self._message: str | None = None   # the text of a reason set from Python
+        self._state = self._ffi.new("ptickets_state *")
 
     def take(self, count: int = 1) -> int | None:
         """First of ``count`` consecutive minibatch numbers, or None to stop."""
-        with self._lock:
-            if self.stop_reason is None:
-                if self.num_updates and self.applied + self.in_flight >= self.num_updates:
-                    if self.in_flight == 0:
-                        self.stop_reason = "num_updates"
-                    return None
-                if self.max_batches and self.next_batch + count > self.max_batches:
-                    self.stop_reason = "epochs"
-                    return None
-            if self.stop_reason is not None:
-                return None
-            first = self.next_batch
-            self.next_batch += count
-            self.in_flight += 1
-            return first
+        first = self._lib.ptickets_take(self.handle, count, 0)
+        return first if first >= 0 else None
 
-    def finish(self, applied: bool, after_stop: bool = False) -> None:
-        with self._lock:
-            self.in_flight -= 1
-            self.applied += applied
-            self.applied_after_stop += applied and after_stop
+    def finish(self, applied: bool) -> None:
+        self._lib.ptickets_finish(self.handle, int(bool(applied)))
 
     def stop(self, reason: str) -> None:
-        with self._lock:
-            if self.stop_reason is None:
-                self.stop_reason = reason
+        code = next((c for prefix, c in self._REASONS.items() if reason.startswith(prefix)), 9)
+        if self._lib.ptickets_reason(self.handle) == 0 and \
+                self._lib.ptickets_stop(self.handle, code) == code and self._message is None:
+            self._message = reason
+
+    def state(self):
+        """A consistent copy of the C state (next_batch, applied, in_flight, ...)."""
+        self._lib.ptickets_get_state(self.handle, self._state)
+        return self._state
+
+    @property
+    def applied(self) -> int:
+        return self.state().applied
+
+    @property
+    def applied_after_stop(self) -> int:
+        return self.state().applied_after_stop
 
     @property
     def stopped(self) -> bool:
-        return self.stop_reason is not None
+        return self._lib.ptickets_reason(self.handle) != 0
+
+    @property
+    def stop_reason(self) -> str | None:
+        state = self.state()
+        if state.reason == 0:
+            return None
+        if self._message is not None:
+            return self._message
+        return {1: "num_updates", 2: "epochs",
+                5: f"diverged: non-finite minibatch loss at update {state.applied_at_stop}",
+                }.get(state.reason, "stopped")
 
 
 class WorkerLog:
@@ -127,7 +153,7 @@ class WorkerLog:
             self.staleness.append(result.staleness)
         else:
             self.dropped += 1
-        tickets.finish(result.applied, after_stop=tickets.stopped)
+        tickets.finish(result.applied)
 
 
 class LogCursor:

@@ -30,11 +30,14 @@ class SyncRounds:
       tickets: the run's tickets (one per round).
       logs: one ``WorkerLog`` per worker; the update of a round is logged on worker 0's.
       scales: returns the current scale table (``-alpha(tau)``); rounds use tau = 0.
+      apply: (mean gradient segments, version) -> UpdateResult, to apply a
+        round some other way than ``store.update`` (a stateful optimizer).
     """
 
     def __init__(self, store, tickets: Tickets, logs: Sequence[WorkerLog],
-                 scales: Callable[[], np.ndarray]):
+                 scales: Callable[[], np.ndarray], apply: Callable | None = None):
         self.store, self.tickets, self.logs, self.scales = store, tickets, logs, scales
+        self.apply = apply
         self.m = len(logs)
         self._cv = threading.Condition()
         self.first: int | None = None     # first minibatch of the open round; None = stopped
@@ -108,5 +111,8 @@ class SyncRounds:
             for acc, segment in zip(total, grads):
                 np.add(acc, segment, out=acc)
         began = time.perf_counter()
-        result = self.store.update(total, self.scales() / self.m, self.version, -1)
+        if self.apply is not None:
+            result = self.apply([segment / self.m for segment in total], self.version)
+        else:
+            result = self.store.update(total, self.scales() / self.m, self.version, -1)
         self.logs[0].update(self.tickets, result, time.perf_counter() - began)
