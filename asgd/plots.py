@@ -172,7 +172,7 @@ def outside_legend(fig: Figure, handles: Sequence, labels: Sequence[str], ncols:
     if not handles:
         return None
     longest = max(len(label) for label in labels)
-    fits = 4 if longest <= 24 else 2 if longest <= 44 else 1  # columns that fit a page's width
+    fits = 4 if longest <= 28 else 2 if longest <= 44 else 1  # columns that fit a page's width
     with matplotlib.rc_context(STYLE):
         return fig.legend(handles, labels, loc="outside lower center",
                           ncols=min(ncols or 4, fits, len(labels)), frameon=False)

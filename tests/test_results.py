@@ -107,7 +107,9 @@ def test_tensorboard_without_the_library_is_a_config_error(config, monkeypatch):
 ])
 def test_progress_is_the_share_of_the_nearest_limit(stop, applied, gradients, elapsed, share):
     tickets = Tickets(stop.num_updates)
-    tickets.applied = applied
+    for _ in range(applied):
+        tickets.take()
+        tickets.finish(True)
     logs = [WorkerLog(), WorkerLog()]
     logs[0].loss.extend([0.0] * (gradients // 2))
     logs[1].loss.extend([0.0] * (gradients - gradients // 2))
@@ -116,3 +118,15 @@ def test_progress_is_the_share_of_the_nearest_limit(stop, applied, gradients, el
                       max_batches=stop.epochs * 50)
     monitor.t0, monitor.t_end = 0.0, elapsed
     assert monitor._done() == share
+
+
+def test_saved_params_keep_an_optimizers_state_apart(config, train, problems):
+    config.algorithm, config.threads, config.num_updates = "sequential", 1, 100
+    config.optimizer = "momentum"
+    summary = train(config)
+    problem = problems(parse(config))
+    flat = metrics.load_params(summary["run_dir"], flat=True)
+    assert flat.size == problem.layout.size
+    assert problem.evaluate(flat) == pytest.approx((summary["eval_loss"], summary["eval_accuracy"]))
+    with np.load(os.path.join(summary["run_dir"], "params.npz")) as z:
+        assert z["optimizer_state"].size > 0 and np.isfinite(z["optimizer_state"]).all()
