@@ -1,4 +1,4 @@
-"""Command line: ``python -m asgd.dynamics {simulate,penalty,validate} ...``.
+"""Command line: ``python -m asgd.dynamics {simulate,penalty,validate,predict} ...``.
 
 Each subcommand prints a table and writes a PNG plot and the full results as
 JSON into its own output folder (``--out``, by default
@@ -230,6 +230,103 @@ def cmd_validate(args) -> None:
     _write_json(args.json, reports)
 
 
+# ------------------------------------------------------------------ predict ----
+
+def load_train_config(name: str, overrides: list[str]):
+    """A train config from a config file (``configs/x.py``) or a module of
+    ``asgd.configs`` (``x``), with ``FIELD=VALUE`` overrides (Python literals)."""
+    import ast
+    import importlib
+    import importlib.util
+    import os
+    try:
+        if name.endswith(".py") or os.sep in name:
+            spec = importlib.util.spec_from_file_location("_predict_config", name)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(f"asgd.configs.{name}")
+        cfg = module.get_config()
+    except (ImportError, OSError, AttributeError, SyntaxError) as err:
+        raise UsageError(f"cannot load config {name!r}: {err}") from None
+    for item in overrides:
+        field, sep, text = item.partition("=")
+        if not sep or field not in cfg:
+            raise UsageError(f"bad --set {item!r}: expected FIELD=VALUE, FIELD a train-config field")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        try:
+            cfg[field] = value
+        except TypeError as err:
+            raise UsageError(f"bad --set {item!r}: {err}") from None
+    return cfg
+
+
+def cmd_predict(args) -> None:
+    import os
+
+    from asgd.dynamics import calibrate as cal, predict as pr
+    from asgd.run import ConfigError, parse, restrict_cpus
+    cfg = load_train_config(args.config, args.set or [])
+    try:
+        restrict_cpus(parse(cfg).cpus)  # before JAX starts: the validation runs use these CPUs
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    for name, values, low in (("--threads", args.threads, 1), ("--cores", args.cores, 1),
+                              ("--measure-threads", args.measure_threads or [1], 1),
+                              ("--seeds", args.seeds, 0)):
+        if min(values) < low:
+            raise UsageError(f"{name} must be >= {low}, got {values}")
+    if max(args.threads + (args.measure_threads or [])) > 256:
+        raise UsageError("threads must be <= 256")
+    for name, value in (("--epsilon", args.epsilon), ("--memory-gbs", args.memory_gbs)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be a positive number, got {value}")
+    if args.window < 1 or args.max_updates < args.window or args.sim_updates < 1:
+        raise UsageError("--window must be >= 1, --max-updates >= --window, --sim-updates >= 1")
+    if args.docs and not os.path.isfile(args.docs):
+        raise UsageError(f"--docs {args.docs!r} is not a file")
+    if args.calibrate == "here":
+        calibration = cal.calibrate(cfg, updates=args.calibration_updates, reps=args.reps,
+                                    log=lambda line: print(line, flush=True))
+        _write_json(os.path.join(args.out, "calibration.json"), calibration)
+    else:
+        try:
+            with open(args.calibrate) as f:
+                calibration = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"cannot read calibration {args.calibrate!r}: {err}") from None
+        if calibration.get("version") != cal.CALIBRATION_VERSION:
+            raise UsageError(f"{args.calibrate} is not a calibration of this version "
+                             f"(version {calibration.get('version')!r}, want {cal.CALIBRATION_VERSION})")
+        mine, theirs = cal.config_fields(cfg), calibration["config"]
+        differ = [k for k in ("dataset", "model", "mlp_hidden", "batch_size", "cpus")
+                  if mine[k] != theirs[k]]
+        if differ:
+            raise UsageError(f"{args.calibrate} calibrated another problem ({', '.join(differ)} "
+                             f"differ from the config)")
+    load = max(calibration[p]["load_before"][0] for p in cal.PARTS)
+    if load > 0.25 * calibration["cores"]:
+        print(f"warning: the calibration ran under a load average of {load:.2f} on "
+              f"{calibration['cores']} CPUs: its timings are not a measurement of this machine",
+              flush=True)
+    result = pr.predict(cfg, calibration, args.cores, args.threads, args.memory_gbs,
+                        args.grad_slowdown, args.gil_free, args.epsilon, args.window,
+                        args.max_updates, args.seeds, args.sim_updates,
+                        args.measure_threads or (), args.measure_updates,
+                        os.path.join(args.out, "runs"), log=lambda line: print(line, flush=True))
+    blocks = pr.write_outputs(result, calibration, args.out, args.plot, args.docs)
+    for name in ("calibration", "validation", "predictions", "claims"):
+        if name in blocks:
+            print(f"\n## {name}\n\n{blocks[name]}")
+    print(f"tables: {args.out}/{{calibration,validation,predictions,claims}}.md, cells.csv"
+          + (f"; filled {args.docs}" if args.docs else ""))
+    print(f"plot: {args.plot}")
+    _write_json(args.json, result)
+
+
 def _save(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(_parent(path), dpi=110)
@@ -240,7 +337,7 @@ def _save(fig, path: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asgd.dynamics",
-                                description="Staleness dynamics: simulate, penalty, validate.")
+                                description="Staleness dynamics: simulate, penalty, validate, predict.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate m asynchronous workers")
@@ -305,6 +402,57 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", default=None, metavar="FILE",
                    help="results as JSON (default: <out>/validate.json)")
     v.set_defaults(fn=cmd_validate)
+
+    r = sub.add_parser("predict", help="calibrate this machine, predict runs on P-core machines "
+                       "for m = 1..64 and validate the predictions against real runs")
+    r.add_argument("--config", default="mnist_mlp",
+                   help="train config: a file (configs/x.py) or a module of asgd.configs "
+                        "(default mnist_mlp)")
+    r.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a train-config field (a Python literal), repeatable")
+    r.add_argument("--calibrate", default="here", metavar="here|FILE",
+                   help="'here' calibrates this machine now (written to <out>/calibration.json); "
+                        "or a calibration.json from an earlier call (default here)")
+    r.add_argument("--calibration-updates", type=int, default=1500,
+                   help="updates of each m=1 calibration run (default 1500)")
+    r.add_argument("--reps", type=int, default=3,
+                   help="interleaved repetitions of each calibration measurement (default 3)")
+    r.add_argument("--cores", type=_int_list, default=[64],
+                   help="core counts P of the machines to predict, besides this one (default 64)")
+    r.add_argument("--threads", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="thread counts m to predict (default 1,2,4,8,16,32,64)")
+    r.add_argument("--memory-gbs", type=float, default=200.0,
+                   help="memory bandwidth (GB/s) the store copies share on the predicted "
+                        "machines (default 200)")
+    r.add_argument("--grad-slowdown", type=float, default=None,
+                   help="on the predicted machines, how much slower each gradient runs while "
+                        "others run (default: as calibrated with P gradients on P cores here)")
+    r.add_argument("--gil-free", action="store_true",
+                   help="also predict a worker loop that never takes the GIL (what-if)")
+    r.add_argument("--epsilon", type=float, default=0.5,
+                   help="training-loss level of the time to epsilon (default 0.5)")
+    r.add_argument("--window", type=int, default=20,
+                   help="updates per running-mean loss window: the runs' log_every (default 20)")
+    r.add_argument("--max-updates", type=int, default=3000,
+                   help="injected-staleness runs stop here unreached (default 3000)")
+    r.add_argument("--seeds", type=_int_list, default=[0, 1, 2],
+                   help="seeds of the injected-staleness and the measured runs (default 0,1,2)")
+    r.add_argument("--sim-updates", type=int, default=20_000,
+                   help="simulated updates per predicted cell (default 20000)")
+    r.add_argument("--measure-threads", type=_int_list, default=None,
+                   help="validate: real runs of every algorithm at these m on this machine, "
+                        "e.g. 1,2,4,8 (default: no validation)")
+    r.add_argument("--measure-updates", type=int, default=1500,
+                   help="updates of each validation run (default 1500)")
+    r.add_argument("--docs", default=None, metavar="MD",
+                   help="fill the <!-- predict:NAME --> blocks of this markdown file "
+                        "(e.g. docs/dynamics.md)")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: dynamics/predict-<timestamp>)")
+    r.add_argument("--plot", default=None, metavar="PNG", help="figure (default: <out>/predict.png)")
+    r.add_argument("--json", default=None, metavar="FILE",
+                   help="results as JSON (default: <out>/predict.json)")
+    r.set_defaults(fn=cmd_predict)
     return p
 
 
