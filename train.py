@@ -1,55 +1,31 @@
 """Train one model with one algorithm; writes a results folder.
 
-  python train.py --config=configs/default.py [--config.FIELD=VALUE ...]
+  python train.py [--config=configs/default.py] [--config.FIELD=VALUE ...]
 
-The fields and their meaning are documented in configs/default.py and the
-README. Bad input (unknown field, wrong type, unknown algorithm/model/dataset,
-missing data folder, bad numbers) exits with code 2 and a one-line error.
+The same command as the installed ``asgd-train`` (``asgd.cli``); ``--help``
+lists every flag and config field. Bad input exits with code 2 and a
+one-line error.
 """
 
-from __future__ import annotations
-
+import importlib.util
+import os
 import sys
 
-from absl import flags
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Python puts this folder first on sys.path, so a checkout's asgd/ would shadow
+# the package installed in this Python (a clone installed with `pip install .`
+# has no compiled kernel in its asgd/). Use the installed package; only when
+# there is none, the checkout (e.g. built in place with ckernels/build_store.py).
+if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:
+    del sys.path[0]
+    if importlib.util.find_spec("asgd") is None:
+        sys.path.insert(0, HERE)
 
-from asgd.cli import fail, parse_config
-
-PROG = "train.py"
-
-flags.DEFINE_boolean("print_summary", True, "Print summary.json when the run ends.")
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_config(argv, "configs/default.py", PROG)
-    from asgd.executors.base import RunAborted
-    try:
-        from asgd.run import execute, parse, pin_process
-        specs = parse(cfg)
-        pin_process(specs)
-        summary = execute(specs, cfg.to_dict())
-    except ValueError as e:  # bad config values, data, step-size parameters
-        fail(PROG, str(e).splitlines()[0])
-    except RunAborted as e:  # e.g. the Ray parameter server died; the results folder is written
-        print(f"{PROG}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        # The executor has already stopped its workers and written summary.json
-        # (stop_reason "interrupted") next to the metrics measured so far.
-        print(f"{PROG}: interrupted; the results folder holds what was measured", file=sys.stderr)
-        return 130
-    if flags.FLAGS.print_summary:
-        keys = ("run_dir", "algorithm", "threads", "updates", "wall_time_s", "updates_per_s",
-                "eval_loss", "eval_accuracy", "staleness_mean", "staleness_max", "cas_failures",
-                "dropped_updates", "peak_live_buffers", "stop_reason", "time_to_target")
-        for key in keys:
-            if key in summary:
-                value = summary[key]
-                if isinstance(value, dict):  # time_to_target: {target: seconds or None}
-                    value = {k: None if v is None else float(f"{v:.4g}") for k, v in value.items()}
-                print(f"{key:>18}: {value:.4g}" if isinstance(value, float) else f"{key:>18}: {value}")
-    return 0
-
+try:
+    from asgd.cli import run
+except ImportError as e:
+    print(f"train.py: error: cannot import asgd ({e}); install it: pip install -e .", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run("train.py")

@@ -79,14 +79,17 @@ def load(name: str, split: str, data_dir: str | None = None, eval_fraction: floa
         splits = {s: _tfds(name, s, download) for s in ("train", "test")}
     if "train" in splits and "test" in splits:
         return splits["train" if split == "train" else "test"]
-    (only,) = splits.values()
+    ((which, only),) = splits.items()
+    if len(only.y) < 2:
+        raise DataError(f"{name} in {data_dir or 'tensorflow-datasets'}: its only split ({which}) "
+                        f"holds {len(only.y)} image(s), too few to hold out an eval split")
     return _hold_out(only, split, eval_fraction, split_seed)
 
 
 def _hold_out(data: Dataset, split: str, eval_fraction: float, seed: int) -> Dataset:
-    """Deterministic train/eval partition of a single-split source."""
+    """Deterministic train/eval partition of a single-split source (of >= 2 examples)."""
     order = np.random.default_rng(seed).permutation(len(data.y))
-    n_eval = max(1, int(round(eval_fraction * len(order))))
+    n_eval = min(len(order) - 1, max(1, int(round(eval_fraction * len(order)))))
     index = order[:n_eval] if split == "eval" else order[n_eval:]
     index = np.sort(index)
     return Dataset(data.x[index], data.y[index])
@@ -152,6 +155,8 @@ def read_idx_pair(images_path: str, labels_path: str) -> Dataset:
     if len(images) != len(labels):
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} has "
                         f"{len(labels)} labels")
+    if len(images) == 0:
+        raise DataError(f"{images_path} holds no images")
     if labels.size and labels.max() > 9:
         raise DataError(f"{labels_path}: label {labels.max()} out of range 0-9")
     x = (images.astype(np.float32) / 255.0)[..., None]

@@ -14,12 +14,14 @@ import dataclasses
 import importlib.util
 import math
 import os
+import shutil
 
 from asgd import data, executors, metrics, models, rules
 from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, OptimizerSpec, RaySpec, RunSpec, Specs,
                         StepSizeSpec, StopSpec)
 
 FLOAT32_MAX = 3.4028234663852886e38
+DEFAULT_THREADS = 2  # threads = 0: this many workers (sequential: 1)
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,15 @@ def _integer(name: str, value, low: int) -> int:
     return int(value)
 
 
+def threads_of(cfg) -> int:
+    """The worker count a config asks for: ``threads``, or for 0 the algorithm's default."""
+    if isinstance(cfg.threads, bool) or int(cfg.threads) != cfg.threads:
+        raise ConfigError(f"threads must be an integer, got {cfg.threads!r}")
+    if cfg.threads == 0:
+        return 1 if cfg.algorithm == "sequential" else DEFAULT_THREADS
+    return int(cfg.threads)
+
+
 def run_name(cfg) -> str:
     """The results folder's name after its timestamp: ``name``, or what the run is.
 
@@ -51,7 +62,7 @@ def run_name(cfg) -> str:
     if cfg.name:
         return cfg.name
     default = default_config()
-    name = f"{cfg.algorithm}-m{cfg.threads}-{cfg.stepsize}"
+    name = f"{cfg.algorithm}-m{threads_of(cfg)}-{cfg.stepsize}"
     if cfg.learning_rate != default.learning_rate:
         name += f"-lr{cfg.learning_rate:g}"
     if cfg.algorithm == "leashed" and cfg.persistence != default.persistence:
@@ -59,6 +70,17 @@ def run_name(cfg) -> str:
     if cfg.seed != default.seed:
         name += f"-s{cfg.seed}"
     return name
+
+
+def check_workdir(workdir: str) -> None:
+    """The results can be written under ``workdir``: its nearest existing folder is writable."""
+    probe = os.path.abspath(workdir or ".")
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"workdir {workdir!r} cannot be created: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"workdir {workdir!r} is not writable ({probe})")
 
 
 def parse(cfg) -> Specs:
@@ -85,10 +107,11 @@ def parse(cfg) -> Specs:
     backend = cfg.backend
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; choose 'local' or 'ray'")
-    threads = cfg.threads
+    threads = threads_of(cfg)
     if not 1 <= threads <= executors.MAX_THREADS:
         what = "threads (Ray worker actors)" if backend == "ray" else "threads"
-        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS}, got {threads}")
+        raise ConfigError(f"{what} must be in 1..{executors.MAX_THREADS} (or 0: the algorithm's "
+                          f"default), got {threads}")
     if cfg.algorithm == "sequential" and threads != 1:
         raise ConfigError(f"algorithm 'sequential' runs one thread; got threads={threads}")
     if cfg.persistence < -1:
@@ -118,7 +141,8 @@ def parse(cfg) -> Specs:
     ray = None
     if backend == "ray":
         ray = _ray_spec(cfg)
-    stepsize = stepsize_spec(cfg)
+    stepsize = stepsize_spec(cfg, threads)
+    check_workdir(cfg.workdir)
     optimizer = optimizer_spec(cfg)
     if optimizer.name != "sgd":
         # The step-size rule scales the optimizer's learning rate: alpha(tau) built from it.
@@ -153,10 +177,14 @@ def parse(cfg) -> Specs:
         cpus=_integer("cpus", cfg.cpus, -1))
 
 
-def stepsize_spec(cfg) -> StepSizeSpec:
-    """The step-size fields of a train config, typed and checked (``asgd.rules.check``)."""
+def stepsize_spec(cfg, threads: int | None = None) -> StepSizeSpec:
+    """The step-size fields of a train config, typed and checked (``asgd.rules.check``).
+
+    ``threads``: the run's worker count (default: the config's, resolved by ``threads_of``).
+    """
+    threads = threads_of(cfg) if threads is None else threads
     spec = StepSizeSpec(
-        cfg.stepsize, float(cfg.learning_rate), int(cfg.threads), cfg.stepsize_model,
+        cfg.stepsize, float(cfg.learning_rate), int(threads), cfg.stepsize_model,
         float(cfg.stepsize_model_param), cfg.stepsize_target, float(cfg.stepsize_target_param),
         float(cfg.stepsize_cap), float(cfg.tail_amplitude), int(cfg.stepsize_window),
         float(cfg.dc_lambda))
@@ -200,23 +228,50 @@ def _ray_spec(cfg) -> RaySpec:
                    int(cfg.ray_max_restarts))
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; says what it left behind.
+
+    ``run_dir``: its results folder, or None if none is left (interrupted
+    before the run started: a folder ``execute`` made for it is removed);
+    ``summary_written``: whether summary.json records what was measured.
+    """
+
+    def __init__(self, run_dir: str | None, summary_written: bool):
+        super().__init__(run_dir)
+        self.run_dir, self.summary_written = run_dir, summary_written
+
+
 def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None) -> dict:
     """Run validated specs; ``config`` is what config.json records.
 
     ``problem`` (from ``asgd.problem.make_problem`` of the same data and model
     specs) skips loading and compiling again. Returns summary.json's content
-    plus ``run_dir``.
+    plus ``run_dir``. Bad data raises before the results folder is created;
+    Ctrl-C raises ``Interrupted``.
     """
     from asgd.problem import make_problem
-    problem = problem or make_problem(specs.data, specs.model)
-    examples = len(problem.train.y)
-    if specs.executor.batch_size > examples:
-        raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training set "
-                          f"({examples} examples)")
-    rule = rules.update_rule(specs.stepsize, specs.optimizer)
-    run_dir = run_dir or metrics.new_run_dir(specs.run.workdir, specs.run.name)
-    with metrics.RunWriter(run_dir, config, problem.layout, specs.run.tensorboard) as writer:
-        summary = executors.run(specs.executor, specs.run, problem, writer, rule)
+    made = None
+    try:
+        problem = problem or make_problem(specs.data, specs.model)
+        examples = len(problem.train.y)
+        if specs.executor.batch_size > examples:
+            raise ConfigError(f"batch_size {specs.executor.batch_size} is larger than the training "
+                              f"set ({examples} examples)")
+        rule = rules.update_rule(specs.stepsize, specs.optimizer)
+        if run_dir is None:
+            try:
+                run_dir = made = metrics.new_run_dir(specs.run.workdir, specs.run.name)
+            except OSError as e:
+                raise ConfigError(f"cannot create the results folder under workdir "
+                                  f"{specs.run.workdir!r}: {e.strerror or e}") from None
+        with metrics.RunWriter(run_dir, config, problem.layout, specs.run.tensorboard) as writer:
+            summary = executors.run(specs.executor, specs.run, problem, writer, rule)
+    except KeyboardInterrupt:
+        written = run_dir is not None and os.path.exists(os.path.join(run_dir, "summary.json"))
+        if made is not None and not written:  # nothing measured yet: leave nothing behind
+            shutil.rmtree(made, ignore_errors=True)
+            run_dir = None
+        raise Interrupted(run_dir and os.path.abspath(run_dir), written) from None
     summary["run_dir"] = os.path.abspath(run_dir)
     return summary
 

@@ -34,7 +34,8 @@ theta_read per attempt); they cost one Python round-trip per attempt.
 from __future__ import annotations
 
 import operator
-import sys
+import threading
+import weakref
 from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
@@ -85,11 +86,15 @@ def native():
 
 
 def build_info() -> dict:
-    """How the C kernel was built: {"compiler", "cflags", "vector"} (the widest
-    vector instruction set the compiler was allowed)."""
+    """How the C kernel was built and what it runs here: {"compiler", "cflags",
+    "vector" (the widest vector set of the baseline build), "clones" (the sets
+    the element loops were also compiled for, e.g. "avx512f,avx2,default", or
+    "none"), "dispatch" (the clone this CPU runs, or "none")}."""
     _need_lib()
     text = _ffi.string(_lib.pstore_build_info()).decode()
-    return dict(item.split("=", 1) for item in text.split(";"))
+    info = dict(item.split("=", 1) for item in text.split(";"))
+    info["dispatch"] = _ffi.string(_lib.pstore_dispatch()).decode()
+    return info
 
 
 def _need_lib():
@@ -121,9 +126,13 @@ def _raise(code: int, what: str):
 
 
 class _ViewBase:
-    """Owner of a numpy view on C memory: keeps the store (hence the memory) alive."""
+    """Owner of a numpy view on C memory: keeps the store (hence the memory) alive.
 
-    __slots__ = ("__array_interface__", "store")
+    Every array on the memory (the view and any slice or alias of it) holds
+    this object, so it lives exactly as long as something can read the memory.
+    """
+
+    __slots__ = ("__array_interface__", "store", "__weakref__")
 
     def __init__(self, store, addr, n, readonly):
         self.store = store
@@ -307,26 +316,47 @@ class ParameterStore:
         st = self.stats()
         self.max_buffers = st["max_buffers"]
         self._views = {}  # (handle, writable) -> ndarray; buffer addresses never move
+        # view creation and close(); reentrant: a weakref callback may run
+        # inside the locked section of the thread that drops the last array
+        self._views_lock = threading.RLock()
+        self._outside = set()  # after close(): weakrefs of the views' bases still referenced
         self._scales = (None, _ffi.NULL, 0)  # last scales table: (object, cdata, n)
         self._nbytes = 4 * d
 
     # ------------------------------------------------------------ internals
     def _view(self, handle: int, ptr, writable: bool) -> np.ndarray:
         """The numpy view of buffer ``handle`` (whose data is at ``ptr``). Only
-        called by a thread that holds the buffer. Buffer addresses never move
-        until the memory is freed, so views are cached (dict get/set are atomic
-        under the GIL). Each view's base is a _ViewBase that references this
-        store, so the C memory can not be freed (by the store's finalizer)
-        while any view on it is alive; close() frees it only if no view is
-        referenced outside this cache."""
+        called by a thread that holds the buffer.
+
+        Buffer addresses never move until the memory is freed, so there is one
+        view per (buffer, writable), cached. It is built under a lock, so
+        threads that meet a buffer for the first time at once share one view,
+        and close() sees every view handed out. Each view's base is a
+        _ViewBase that references this store, so the C memory can not be freed
+        (by the store's finalizer) while any array on it is alive; close()
+        frees it at once only if none is. A view first built after close()
+        (by a call already under way) keeps the memory until the finalizer.
+        """
         key = (handle, writable)
-        v = self._views.get(key)
-        if v is None:
-            addr = int(_ffi.cast("uintptr_t", ptr))
-            v = np.asarray(_ViewBase(self, addr, self.d, not writable))
-            assert v.ctypes.data == addr and v.flags.writeable == writable
-            self._views[key] = v
+        with self._views_lock:
+            v = self._views.get(key)
+            if v is None:
+                addr = int(_ffi.cast("uintptr_t", ptr))
+                v = np.asarray(_ViewBase(self, addr, self.d, not writable))
+                assert v.ctypes.data == addr and v.flags.writeable == writable
+                if self._closed:  # a call that began before close(): keep the memory for it
+                    _lib.pstore_close(self._h, 0)  # safe: the caller holds the buffer
+                    self._outside.add(weakref.ref(v.base, self._array_gone))
+                else:
+                    self._views[key] = v
         return v
+
+    def _array_gone(self, ref) -> None:
+        """After close(): the last array on one view died; free once none is left."""
+        with self._views_lock:
+            self._outside.discard(ref)
+            if not self._outside:
+                _lib.pstore_close(self._h, 1)  # now, or at the last release
 
     def _check_open(self):
         if self._closed:
@@ -511,7 +541,7 @@ class ParameterStore:
             _raise(rc, "stats")
         out = {k: getattr(st, k) for k in (
             "allocated", "live", "peak_live", "applied", "cas_attempts", "cas_failures",
-            "dropped", "held", "acquires", "version", "max_buffers", "d")}
+            "dropped", "held", "acquires", "version", "max_buffers", "d", "freed")}
         out["mode"] = _MODE_NAMES[st.mode]
         out["live_hist"] = self._live_hist(st.max_buffers)
         return out
@@ -536,21 +566,23 @@ class ParameterStore:
 
     def close(self) -> None:
         """Close the store: later calls raise StoreClosedError. Snapshots and
-        attempts still held can be released. The C memory is freed at once, or
-        when the last snapshot/attempt is released; if a numpy view on it is
-        still referenced somewhere, only when the store and all its views have
-        been garbage-collected (so a stale view never reads freed memory).
-        Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        views, self._views = self._views, {}
-        # a view referenced outside our cache (refs: the dict + getrefcount's
-        # argument) may still be read: then keep the memory until the finalizer
-        # runs, which the view's base prevents while it is alive
-        in_use = any(sys.getrefcount(v) > 2 for v in views.values())
-        del views
-        _lib.pstore_close(self._h, 0 if in_use else 1)
+        attempts still held can be released. The C memory is freed as soon as
+        nothing is held and no array on it (a snapshot's ``array``, a slice or
+        alias of it, an attempt's views) is referenced: at once, at the last
+        release, or when the last such array is dropped. So a stale view never
+        reads freed memory. Idempotent."""
+        with self._views_lock:
+            if self._closed:
+                return
+            self._closed = True
+            # Drop the cache's references; the views that outlive that are
+            # referenced from outside (their memory may still be read).
+            refs = [weakref.ref(v.base) for v in self._views.values()]
+            self._views.clear()
+            alive = [base for base in (ref() for ref in refs) if base is not None]
+            self._outside = {weakref.ref(base, self._array_gone) for base in alive}
+            del alive
+            _lib.pstore_close(self._h, 0 if self._outside else 1)
 
     def __enter__(self):
         return self

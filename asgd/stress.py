@@ -6,9 +6,12 @@
     python -m asgd.stress --asan     # short run under AddressSanitizer + UBSan
     python -m asgd.stress --check    # short + tsan + asan (what CI runs)
 
-It runs ``make -C ckernels <target>`` in the source tree (needs make and a C
-compiler; works from a git checkout or an editable install). Exit status is
-that of make: nonzero if any invariant check or sanitizer report failed.
+It runs ``make -C <sources> <target>`` (needs make and a C compiler) on the C
+sources: the checkout's ``ckernels/``, or the copy installed with the package
+(``asgd.ckernels``); binaries go to ``ckernels/bin`` in a checkout and to
+``$XDG_CACHE_HOME/asgd/stress`` (default ``~/.cache/asgd/stress``) otherwise.
+Exit status is that of make: nonzero if any invariant check or sanitizer
+report failed.
 """
 import argparse
 import os
@@ -18,13 +21,26 @@ import sys
 
 
 def ckernels_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    d = os.path.join(os.path.dirname(here), "ckernels")
+    """The folder holding pstore.c, stress.c and the Makefile."""
+    try:
+        from asgd import ckernels  # a checkout (editable install) or the installed copy
+        d = os.path.dirname(os.path.abspath(ckernels.__file__))
+    except ImportError:  # a checkout used without installing: ckernels/ beside asgd/
+        d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ckernels")
     if not os.path.isfile(os.path.join(d, "Makefile")):
-        raise SystemExit(
-            f"ckernels/Makefile not found next to the asgd package ({d}); the stress tests "
-            "run from a source checkout (git clone + pip install -e .)")
+        raise SystemExit(f"python -m asgd.stress: error: the C sources are not installed ({d} has "
+                         "no Makefile); reinstall asgd, or run from a git checkout")
     return d
+
+
+def bin_dir(sources: str) -> str:
+    """Where the stress binaries go: beside the sources in a checkout, else a user cache
+    (an installed package's folder may be read-only and is no place for build output)."""
+    checkout = os.path.isfile(os.path.join(os.path.dirname(sources), "setup.py"))
+    if checkout and os.access(sources, os.W_OK):
+        return os.path.join(sources, "bin")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "asgd", "stress")
 
 
 def main(argv=None) -> int:
@@ -41,8 +57,10 @@ def main(argv=None) -> int:
               else "check" if a.check else "stress")
     make = shutil.which("make")
     if make is None:
-        raise SystemExit("`make` is not installed; build by hand: see ckernels/README.md")
-    cmd = [make, "-C", ckernels_dir(), target]
+        raise SystemExit("python -m asgd.stress: error: `make` is not installed; "
+                         "build by hand: see ckernels/README.md")
+    sources = ckernels_dir()
+    cmd = [make, "-C", sources, target, f"BIN={bin_dir(sources)}"]
     if a.args:
         cmd.append(f"STRESS_ARGS={a.args}")
     print("+", " ".join(cmd), flush=True)

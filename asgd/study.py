@@ -1,6 +1,7 @@
 """A study: sweep the algorithms, aggregate over seeds, write tables and plots.
 
-  python -m asgd.study --config=configs/study_digits.py [--config.FIELD=VALUE ...]
+  python -m asgd.study [--config=configs/study_digits.py] [--config.FIELD=VALUE ...]
+  asgd-study ...                     (the same, installed as a command)
 
 A study config holds a train config under ``base`` and the sweep lists
 (``algorithms``, ``threads``, ``stepsizes``, ``learning_rates``,
@@ -26,15 +27,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from typing import NamedTuple
 
-from ml_collections import config_dict
+from ml_collections import config_dict, config_flags
 
 from asgd import metrics
-from asgd.cli import fail, parse_config
+from asgd.cli import exit_code, exit_quietly_on_signals, fail, parse_config, stop_signals
 from asgd.specs import Specs
 
 PROG = "asgd.study"
@@ -260,20 +262,44 @@ def run_study(study, log=print) -> dict:
     return counts
 
 
-def main(argv: list[str]) -> int:
-    study = parse_config(argv, "configs/study_digits.py", PROG)
+STUDY_USAGE = """usage: python -m asgd.study [--config=PATH[:ARG]] [--config.FIELD=VALUE ...]
+       (or asgd-study)
+
+Run a sweep of training runs, resume it, and write table.csv, table.md and
+plots/ into the study folder (see docs/study.md). Sweep lists are overridden
+as tuples, training fields under base., e.g.
+  --config.threads="(1, 2)" --config.base.num_updates=1000
+Every field is described in docs/study.md. Bad input exits with code 2 and one line on stderr; Ctrl-C or SIGTERM stops
+the study, keeping every finished run for the next start."""
+
+
+def main(argv: list[str], prog: str = PROG) -> int:
+    study, flag_values = parse_config(argv, "study_digits.py", prog, STUDY_USAGE)
     if not study.study_dir:
-        from absl import flags
-        from ml_collections import config_flags
-        flag = flags.FLAGS["config"]
+        flag = flag_values["config"]
         study.study_dir = default_study_dir(config_flags.get_config_filename(flag),
                                             config_flags.get_override_values(flag))
-    try:
-        counts = run_study(study)
-    except ValueError as e:  # StudyError, ConfigError, DataError
-        fail(PROG, str(e).splitlines()[0])
+    with stop_signals(prog) as signals:
+        try:
+            counts = run_study(study)
+        except ValueError as e:  # StudyError, ConfigError, DataError
+            fail(prog, str(e).splitlines()[0])
+        except KeyboardInterrupt:
+            what = "terminated (SIGTERM)" if signals.received == signal.SIGTERM else "interrupted"
+            print(f"{prog}: {what}; the finished runs in {study.study_dir} are kept and the next "
+                  "start resumes from them", file=sys.stderr)
+            return exit_code(signals.received)
     return 1 if counts["failed"] else 0
 
 
+def run() -> None:
+    """The ``asgd-study`` entry point."""
+    code = main(sys.argv, "asgd-study")
+    exit_quietly_on_signals()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    code = main(sys.argv)
+    exit_quietly_on_signals()
+    sys.exit(code)

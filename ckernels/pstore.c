@@ -155,6 +155,7 @@ struct pstore {
 #ifndef PSTORE_CFLAGS
 #define PSTORE_CFLAGS "unknown"
 #endif
+/* the widest vector set the compiler may use everywhere (the baseline) */
 #if defined(__AVX512F__)
 #define PSTORE_VECTOR "avx512f"
 #elif defined(__AVX2__)
@@ -165,8 +166,41 @@ struct pstore {
 #define PSTORE_VECTOR "none"
 #endif
 
+/* Run-time dispatch of the vector kernels. The element loops below are
+ * compiled three times (GCC/Clang target_clones): for AVX-512F, AVX2 and the
+ * baseline the rest of the file is built for; the dynamic loader picks one per
+ * function once, by the CPU it runs on (an ifunc resolver), so one binary runs
+ * on any x86-64 and uses AVX-512 where the CPU has it. Left out when the
+ * baseline is already AVX-512 (e.g. -march=native on such a CPU: nothing wider
+ * to dispatch to), off x86-64 or ELF, and with -DPSTORE_NO_CLONES. */
+#if defined(__has_attribute) && !defined(PSTORE_NO_CLONES) && \
+    defined(__x86_64__) && defined(__ELF__) && !defined(__AVX512F__)
+#if __has_attribute(target_clones)
+#define PSTORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define PSTORE_CLONE_LIST "avx512f,avx2,default"
+#define PSTORE_HAVE_CLONES 1
+#endif
+#endif
+#ifndef PSTORE_CLONES
+#define PSTORE_CLONES
+#define PSTORE_CLONE_LIST "none"
+#endif
+
 const char *pstore_build_info(void) {
-    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR;
+    return "compiler=" __VERSION__ ";cflags=" PSTORE_CFLAGS ";vector=" PSTORE_VECTOR
+           ";clones=" PSTORE_CLONE_LIST;
+}
+
+const char *pstore_dispatch(void) {
+#ifdef PSTORE_HAVE_CLONES
+    /* the resolver's rule: the first clone, in this order, the CPU supports */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (__builtin_cpu_supports("avx2")) return "avx2";
+    return "default";
+#else
+    return "none";
+#endif
 }
 
 const char *pstore_strerror(int code) {
@@ -184,13 +218,13 @@ const char *pstore_strerror(int code) {
 /* ------------------------------------------------------------------------ */
 /* kernels                                                                   */
 
-static void copy_axpy(float *restrict y, const float *restrict x,
+PSTORE_CLONES static void copy_axpy(float *restrict y, const float *restrict x,
                       const float *restrict u, float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] = x[i] + s * u[i];
 }
 
-static void axpy_private(float *restrict y, const float *restrict u, float s,
+PSTORE_CLONES static void axpy_private(float *restrict y, const float *restrict u, float s,
                          int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
@@ -200,13 +234,13 @@ static void axpy_private(float *restrict y, const float *restrict u, float s,
  * Aligned float loads/stores do not tear on the targets we build for; what
  * may happen is a lost update of an element (two threads read the same old
  * value), which is what Hogwild! accepts. */
-PSTORE_RACY static void axpy_racy(float *restrict y, const float *restrict u,
+PSTORE_RACY PSTORE_CLONES static void axpy_racy(float *restrict y, const float *restrict u,
                                   float s, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] += s * u[i];
 }
 
-PSTORE_RACY static void copy_racy(float *restrict dst, const float *restrict src,
+PSTORE_RACY PSTORE_CLONES static void copy_racy(float *restrict dst, const float *restrict src,
                                   int64_t n) {
     /* a loop, not memcpy: the sanitizer intercepts memcpy */
 #pragma omp simd
@@ -242,11 +276,10 @@ static inline void cnt_add(_Atomic int64_t *c, int64_t v) {
     atomic_fetch_add_explicit(c, v, memory_order_relaxed);
 }
 
-static void live_inc(pstore *s) {
-    int64_t l = atomic_fetch_add_explicit(&s->live, 1, memory_order_relaxed) + 1;
+static void peak_raise(pstore *s, int64_t v) {
     int64_t p = atomic_load_explicit(&s->peak_live, memory_order_relaxed);
-    while (l > p && !atomic_compare_exchange_weak_explicit(
-                        &s->peak_live, &p, l, memory_order_relaxed,
+    while (v > p && !atomic_compare_exchange_weak_explicit(
+                        &s->peak_live, &p, v, memory_order_relaxed,
                         memory_order_relaxed)) {
     }
 }
@@ -326,9 +359,14 @@ static int32_t alloc_buffer(pstore *s) {
  * buffer becomes PRIVATE to the caller. Returns index or error (<0). */
 static int32_t take_buffer(pstore *s) {
     /* live is counted up before the buffer is taken and down after it is
-     * pushed back, so it never under-counts the buffers not on the stack:
-     * peak_live >= allocated, and peak_live obeys the same memory bound. */
-    live_inc(s);
+     * pushed back, so it never under-counts the buffers not on the stack; it
+     * may also count takers that have not got a buffer yet (some of which
+     * fail at the cap), so the peak is not taken from it.
+     * Invariant P: peak_live = allocated once the allocating call returns. A
+     * buffer is allocated only when the free stack is empty, i.e. when every
+     * allocated buffer is out at once, so the allocated count is the peak of
+     * buffers out of the pool; a failed allocation changes neither. */
+    cnt_add(&s->live, 1);
     int32_t i = pool_pop(s);
     if (i < 0) {
         i = alloc_buffer(s);
@@ -336,6 +374,7 @@ static int32_t take_buffer(pstore *s) {
             cnt_add(&s->live, -1);
             return i;
         }
+        peak_raise(s, (int64_t)i + 1); /* nalloc after this allocation */
     }
     atomic_fetch_add_explicit(&s->bufs[i].generation, 1, memory_order_relaxed);
     atomic_store_explicit(&s->bufs[i].rc, 0, memory_order_relaxed);
@@ -434,7 +473,16 @@ int pstore_close(pstore *s, int32_t free_memory) {
     /* keep_memory is set before closed, so try_free (which runs only after
      * drained, set after closed) always sees it */
     if (!free_memory) atomic_store(&s->keep_memory, 1);
-    if (atomic_exchange(&s->closed, 1)) { /* already closed: idempotent */
+    if (atomic_exchange(&s->closed, 1)) {
+        /* Already closed: this call decides again. Lifting the keep frees the
+         * buffers now if nothing is held (else at the last release). Setting
+         * it again after close is safe only while the caller holds a reference
+         * (held > 0 keeps every try_free from passing its check until that
+         * reference is released, which happens after this store). */
+        if (free_memory) {
+            atomic_store(&s->keep_memory, 0);
+            try_free(s);
+        }
         op_exit(s);
         return PSTORE_OK;
     }
@@ -958,6 +1006,7 @@ int pstore_get_stats(pstore *s, pstore_stats *st) {
     st->dropped = atomic_load(&s->dropped);
     st->held = atomic_load(&s->held);
     st->acquires = atomic_load(&s->acquires);
+    st->freed = atomic_load(&s->freed);
     return PSTORE_OK;
 }
 

@@ -74,7 +74,7 @@ typedef struct {
     int64_t version;
     int64_t allocated;    /* buffers ever allocated (never freed before close) */
     int64_t live;         /* buffers not in the free pool now */
-    int64_t peak_live;
+    int64_t peak_live;    /* most buffers out of the free pool at once (= allocated) */
     int64_t applied;      /* updates applied */
     int64_t cas_attempts; /* LEASHED: CAS attempts; others: update calls */
     int64_t cas_failures; /* LEASHED: failed CAS attempts; others: 0 */
@@ -82,6 +82,7 @@ typedef struct {
     int64_t held;         /* snapshots + open attempts held now */
     int64_t acquires;     /* successful acquires */
     int64_t max_buffers;
+    int64_t freed;        /* 1 once the buffers' memory has been freed (after close) */
 } pstore_stats;
 
 /* Two-phase attempt (LEASHED only): base is a held reference to the latest
@@ -111,7 +112,10 @@ int pstore_create(int64_t d, int32_t mode, const float *init, int32_t max_buffer
  * pstore_abort of what is still held. If free_memory, the buffers are freed
  * as soon as nothing is held and no call is in flight (now, or at the last
  * release); otherwise they stay until pstore_destroy (the Python wrapper does
- * that while numpy views on them may still be referenced). Idempotent. */
+ * that while numpy views on them may still be referenced). A later call on a
+ * closed store decides again: free_memory = 1 lets the buffers be freed as
+ * above; 0 keeps them, which is safe only while the caller holds a snapshot
+ * or attempt. Once freed, further calls do nothing. */
 int pstore_close(pstore *s, int32_t free_memory);
 
 /* Free everything including the handle. Only when no other thread can call
@@ -174,8 +178,14 @@ void pstore_ref_memcpy_axpy(float *y, const float *x, const float *u, float s, i
 
 const char *pstore_strerror(int code);
 
-/* How this library was built: "compiler=...;cflags=...;vector=..." (static string). */
+/* How this library was built: "compiler=...;cflags=...;vector=...;clones=..."
+ * (static string): vector is the widest vector set of the baseline build,
+ * clones the instruction sets the element loops were also compiled for
+ * ("avx512f,avx2,default", or "none" without run-time dispatch). */
 const char *pstore_build_info(void);
+/* The clone the element loops run on this CPU ("avx512f", "avx2", "default"),
+ * or "none" when the build has no clones (static string). */
+const char *pstore_dispatch(void);
 
 #ifdef __cplusplus
 }

@@ -249,10 +249,17 @@ int pworker_read(pworker *w, float *params, int32_t meta[4]) {
     return PSTORE_OK;
 }
 
-/* Record a computed gradient; 0 if it is to be applied, 1 if the run is
- * stopping and it was discarded (its ticket given back). */
+/* Record a computed gradient; 0 if it is to be applied, 1 if it was discarded
+ * (its ticket given back): a gradient that finds the run stopping is not
+ * recorded (the loss series ends at the stop), a non-finite one is recorded
+ * and stops the run. */
 static int record_gradient(pworker *w, float loss) {
     w->t_computed = now_s();
+    if (ptickets_reason(w->tickets) != PT_RUNNING) {
+        atomic_fetch_add_explicit(&w->discarded, 1, memory_order_relaxed);
+        ptickets_finish(w->tickets, 0);
+        return 1;
+    }
     int64_t i = own(&w->n_grad);
     w->a.loss[i] = loss;
     w->a.read_s[i] = w->t_read - w->t_begin;

@@ -70,7 +70,7 @@ void ptickets_get_state(ptickets *t, ptickets_state *out);
 /* One worker's records, in arrays the caller owns (numpy); the worker appends
  * and publishes the counts, the monitor reads below the counts it loaded. */
 typedef struct {
-    float *loss;          /* per computed gradient */
+    float *loss;          /* per recorded gradient (not those discarded at a stop) */
     double *read_s;       /* per computed gradient: the consistent read */
     double *compute_s;    /* per computed gradient: minibatch gather + gradient */
     int64_t cap_grad;

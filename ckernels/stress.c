@@ -33,6 +33,10 @@
  * of them committing the new vector as segments), even threads the fused
  * update; persistence is drawn from {-1, 0, 1, 3}.
  * HOGWILD: the run must complete; lost updates are measured and reported.
+ * CAP: with every buffer pinned, m threads' updates fail with PSTORE_EBUFS
+ * and the counters stay consistent (peak_live = allocated = the cap).
+ * CLOSE: close(1) frees at once or at the last release, close(0) keeps the
+ * memory, and a later close(1) lifts the keep.
  *
  * Exit status: 0 if every check passed, 1 otherwise.
  */
@@ -299,7 +303,7 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
     CHECK(V == applied, "version %" PRId64 " != applied %" PRId64, V, applied);
     CHECK(st.held == 0, "held %" PRId64 " at the end", st.held);
     CHECK(st.live == 1, "live %" PRId64 " at the end (expected 1)", st.live);
-    CHECK(st.allocated <= st.peak_live, "allocated %" PRId64 " > peak_live %" PRId64,
+    CHECK(st.allocated == st.peak_live, "allocated %" PRId64 " != peak_live %" PRId64,
           st.allocated, st.peak_live);
     int64_t bound = mode == PSTORE_LEASHED ? (hold ? 3 * m + 1 : 2 * m + 1) : m + 1;
     CHECK(st.allocated <= bound, "allocated %" PRId64 " > bound %" PRId64, st.allocated, bound);
@@ -367,14 +371,150 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
     printf("  %s\n", errors ? "FAIL" : "ok");
     fflush(stdout);
 
-    /* close must work and make later calls fail cleanly */
+    /* close must work, free the memory and make later calls fail cleanly */
     pstore_close(s, 1);
     pstore_snapshot sn = pstore_acquire(s, 0);
     CHECK(sn.status == PSTORE_ECLOSED, "acquire after close did not fail");
+    pstore_get_stats(s, &st);
+    CHECK(st.freed == 1, "close(1) with nothing held did not free the memory");
     pstore_destroy(s);
     for (int k = 0; k < m; k++) free(ts[k].log), free(ts[k].scratch);
     free(ts); free(th); free(ones); free(fin); free((void *)inc);
     pthread_barrier_destroy(&bar);
+    return errors;
+}
+
+/* The buffer cap under contention: with every buffer pinned by a held
+ * snapshot, m threads' updates must all fail with PSTORE_EBUFS, and the
+ * counters must stay consistent: peak_live = allocated = cap (a failed
+ * allocation raises neither), live and held back to what is held, nothing
+ * applied. After the snapshots are released, updates succeed again. */
+typedef struct {
+    pstore *s;
+    float *u;
+    int64_t d, tries, ebufs, other;
+} cap_arg;
+
+static void *cap_worker(void *arg) {
+    cap_arg *a = arg;
+    float *segs[1] = {a->u};
+    int64_t lens[1] = {a->d};
+    for (int64_t k = 0; k < a->tries; k++) {
+        pstore_result r = pstore_update(a->s, segs, lens, 1, 1.0f, NULL, 0, 0, -1);
+        if (r.status == PSTORE_EBUFS) a->ebufs++;
+        else a->other++;
+    }
+    return NULL;
+}
+
+static int64_t run_cap(int m) {
+    enum { CAP = 3 };
+    int64_t errors = 0, d = 64;
+    pstore *s;
+    if (pstore_create(d, PSTORE_LEASHED, NULL, CAP, &s) != PSTORE_OK) {
+        fprintf(stderr, "FAIL [cap] create\n");
+        return 1;
+    }
+    float *u = calloc((size_t)d, sizeof(float));
+    float *segs[1] = {u};
+    int64_t lens[1] = {d};
+    pstore_snapshot held[CAP];
+    for (int k = 0; k < CAP; k++) { /* versions 0, 1, 2 held: every buffer pinned */
+        held[k] = pstore_acquire(s, 0);
+        if (k + 1 < CAP) pstore_update(s, segs, lens, 1, 1.0f, NULL, 0, k, -1);
+    }
+    cap_arg *args = calloc((size_t)m, sizeof(cap_arg));
+    pthread_t *th = calloc((size_t)m, sizeof(pthread_t));
+    for (int k = 0; k < m; k++) {
+        args[k] = (cap_arg){s, u, d, 2000, 0, 0};
+        pthread_create(&th[k], NULL, cap_worker, &args[k]);
+    }
+    int64_t ebufs = 0, other = 0;
+    for (int k = 0; k < m; k++) {
+        pthread_join(th[k], NULL);
+        ebufs += args[k].ebufs;
+        other += args[k].other;
+    }
+    pstore_stats st;
+    pstore_get_stats(s, &st);
+#define CAPCHECK(cond, ...)                                                    \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            errors++;                                                          \
+            fprintf(stderr, "FAIL [cap m=%d] ", m);                            \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+    CAPCHECK(ebufs == 2000 * m && other == 0, "%" PRId64 " of %d updates failed with EBUFS",
+             ebufs, 2000 * m);
+    CAPCHECK(st.allocated == CAP && st.peak_live == CAP,
+             "allocated %" PRId64 ", peak_live %" PRId64 " (cap %d)", st.allocated, st.peak_live, CAP);
+    CAPCHECK(st.live == CAP && st.held == CAP, "live %" PRId64 ", held %" PRId64, st.live, st.held);
+    CAPCHECK(st.applied == CAP - 1, "applied %" PRId64, st.applied);
+    for (int k = 0; k < CAP; k++) pstore_release(s, held[k].handle);
+    pstore_result r = pstore_update(s, segs, lens, 1, 1.0f, NULL, 0, CAP - 1, -1);
+    pstore_get_stats(s, &st);
+    CAPCHECK(r.status == PSTORE_OK && r.applied, "update after release: %s",
+             pstore_strerror(r.status));
+    CAPCHECK(st.live == 1 && st.held == 0 && st.peak_live == CAP && st.allocated == CAP,
+             "after release: live %" PRId64 ", held %" PRId64 ", peak_live %" PRId64,
+             st.live, st.held, st.peak_live);
+    printf("CAP     m=%-2d cap=%d  updates=%-8d failed=%-8" PRId64 " peak_live=%" PRId64
+           " allocated=%" PRId64 "  %s\n", m, CAP, 2000 * m, ebufs, st.peak_live, st.allocated,
+           errors ? "FAIL" : "ok");
+    pstore_close(s, 1);
+    pstore_destroy(s);
+    free(u); free(args); free(th);
+    return errors;
+}
+
+/* close(free_memory) and a later close deciding again: the memory is freed
+ * exactly when the store is closed, the keep is lifted and nothing is held. */
+static int64_t run_close(void) {
+    int64_t errors = 0;
+    pstore_stats st;
+#define CLOSECHECK(cond, what)                                                 \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            errors++;                                                          \
+            fprintf(stderr, "FAIL [close] %s\n", what);                        \
+        }                                                                      \
+    } while (0)
+    for (int mode = 0; mode < 3; mode++) {
+        pstore *s;
+        pstore_create(257, mode, NULL, 0, &s);
+        pstore_close(s, 1);
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 1, "close(1) with nothing held did not free");
+        pstore_destroy(s);
+
+        pstore_create(257, mode, NULL, 0, &s);
+        pstore_snapshot sn = pstore_acquire(s, 1);
+        pstore_close(s, 0);
+        pstore_close(s, 0); /* idempotent */
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 0, "close(0) freed");
+        pstore_close(s, 1); /* lift the keep while a snapshot is held */
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 0, "freed while a snapshot was held");
+        CLOSECHECK(sn.data[256] == 0.0f, "held snapshot unreadable");
+        pstore_release(s, sn.handle);
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 1 && st.held == 0, "the last release after close(1) did not free");
+        pstore_close(s, 0); /* after the free: does nothing */
+        pstore_destroy(s);
+
+        pstore_create(257, mode, NULL, 0, &s);
+        pstore_close(s, 0);
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 0, "close(0) freed");
+        pstore_close(s, 1);
+        pstore_get_stats(s, &st);
+        CLOSECHECK(st.freed == 1, "close(1) after close(0), nothing held, did not free");
+        pstore_destroy(s);
+    }
+    printf("CLOSE   keep / lift / free at the last release, 3 modes  %s\n", errors ? "FAIL" : "ok");
     return errors;
 }
 
@@ -412,7 +552,9 @@ int main(int argc, char **argv) {
             errors += run_config(PSTORE_LOCKED, 0, m, total, d);
         if (!strcmp(modesel, "all") || !strcmp(modesel, "hogwild"))
             errors += run_config(PSTORE_HOGWILD, 0, m, total, d);
+        errors += run_cap(m);
     }
+    errors += run_close();
     printf("%s: %" PRId64 " failed checks, %.1f s\n", errors ? "FAILED" : "PASSED",
            errors, now() - t0);
     return errors ? 1 : 0;

@@ -2,7 +2,8 @@
 
 Runs in well under a minute on 2 cores. Every field is documented here; each
 can be overridden from the command line, e.g.
-  python train.py --config=configs/default.py --config.algorithm=hogwild --config.threads=4
+  asgd-train --config.algorithm=hogwild --config.threads=4
+  python train.py --config=configs/default.py --config.algorithm=sequential
 """
 
 import ml_collections
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Algorithm.
     c.algorithm = "leashed"       # sequential | sync | lock | hogwild | leashed
-    c.threads = 2                 # worker threads m (backend ray: worker actors)
+    c.threads = 0                 # worker threads m (backend ray: worker actors); 0 = 1 for sequential, else 2
     c.persistence = -1            # leashed: CAS retries after the first attempt; -1 = until success
     c.cpus = -1                   # pin the process to this many CPUs before JAX starts: -1 = one per worker
                                   # (min(threads, available)), 0 = all allowed, N = N
@@ -41,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.ray_max_restarts = 3        # ray: times Ray restarts a dead worker actor, which then rejoins
 
     # Optimisation.
-    c.batch_size = 32
+    c.batch_size = 32             # minibatch size
     c.learning_rate = 0.05        # alpha: the base step size
     c.stepsize = "constant"       # constant | inverse | fleet | tail_tau | mindthestep | dc_asgd
     c.stepsize_model = "poisson"  # mindthestep's staleness model P: poisson | geometric | cmp | empirical

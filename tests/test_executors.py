@@ -127,6 +127,72 @@ def test_time_budget_writes_complete_results(config, train):
     assert sum(len(c) for c in times["compute_s"]) >= on_disk["updates"]
 
 
+@pytest.mark.parametrize("algorithm, threads", [("leashed", 2), ("hogwild", 2), ("sync", 2)])
+def test_an_epoch_stop_applies_every_minibatch_handed_out(config, train, algorithm, threads):
+    summary = train(configure(config, algorithm, threads, num_updates=0, epochs=2))
+    per_epoch = 1438 // config.batch_size
+    assert summary["stop_reason"] == "epochs"
+    assert summary["discarded_after_stop"] == 0 and summary["applied_after_stop"] == 0
+    # every minibatch of the two epochs went into exactly one update (sync: m per round)
+    assert summary["updates"] == (2 * per_epoch if algorithm != "sync" else 2 * per_epoch // threads)
+
+
+def test_tickets_at_the_epoch_cap_let_the_tickets_in_flight_finish():
+    from asgd.executors.base import Tickets
+    tickets = Tickets(num_updates=0, max_batches=3)
+    assert [tickets.take(), tickets.take(), tickets.take()] == [0, 1, 2]
+    assert tickets.take() is None and not tickets.stopped  # two more still in flight
+    tickets.finish(True)
+    tickets.finish(False)  # dropped (leashed persistence): used, not applied
+    assert tickets.take() is None and not tickets.stopped
+    tickets.finish(True)
+    assert tickets.take() is None and tickets.stop_reason == "epochs"
+    state = tickets.state()
+    assert (state.applied, state.in_flight, state.next_batch) == (2, 0, 3)
+
+
+def test_a_gradient_that_finds_the_run_stopped_is_discarded_unrecorded():
+    from asgd.executors.base import Tickets, WorkerLog
+    tickets, log = Tickets(), WorkerLog()
+    tickets.take()
+    tickets.stop("time_budget")
+    assert not log.gradient(tickets, 5.0, 0.1, 0.2)
+    assert log.loss == [] and log.compute_s == [0.2] and log.discarded == 1
+    assert tickets.state().in_flight == 0 and tickets.applied == 0
+
+
+def test_a_target_loss_stop_reports_the_loss_that_reached_the_target(tmp_path):
+    """time_to_target and final_train_loss from one series, without discarded gradients."""
+    from asgd.executors.base import Monitor, Tickets, WorkerLog
+    from asgd.executors.sequential import NumpyStore
+    from asgd.specs import RunSpec, StopSpec
+    from asgd.store import UpdateResult
+    spec = RunSpec(StopSpec(0, 0, 0.0, 0.5), (1.0, 0.5), eval_every=1000, log_every=1, quiet=True,
+                   workdir=str(tmp_path), name="t")
+    tickets, log = Tickets(), WorkerLog()
+    with metrics.RunWriter(str(tmp_path / "run"), {}) as writer:
+        monitor = Monitor(spec, {"algorithm": "sequential", "threads": 1}, lambda x: (0.0, 1.0),
+                          NumpyStore(np.zeros(4, np.float32)), tickets, [log], writer)
+        monitor.start()
+        for loss in (0.9, 0.4):  # the second event reaches the target
+            tickets.take()
+            assert log.gradient(tickets, loss, 0.0, 1e-3)
+            log.update(tickets, UpdateResult(True, 1, 0, tickets.applied + 1), 0.0)
+            if loss < 0.5:
+                tickets.take()  # another gradient in flight when the target is reached
+            monitor.poll()
+        assert tickets.stop_reason == "target_loss"
+        assert not log.gradient(tickets, 2.0, 0.0, 1e-3)  # finished after the stop
+        monitor.finish()
+    summary = metrics.read_json(str(tmp_path / "run" / "summary.json"))
+    rows = metrics.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+    logged = [(r["wall_time_s"], r["train_loss"]) for r in rows if "train_loss" in r]
+    assert [loss for _, loss in logged] == [0.9, 0.4]
+    assert summary["final_train_loss"] == 0.4
+    assert summary["time_to_target"] == {"1": logged[0][0], "0.5": logged[1][0]}
+    assert summary["discarded_after_stop"] == 1 and summary["updates"] == 2
+
+
 def test_divergence_stops_with_a_clear_reason_and_keeps_results(config, train):
     summary = train(configure(config, "leashed", 2, learning_rate=1e6, num_updates=2000))
     assert summary["stop_reason"].startswith("diverged")
@@ -147,7 +213,7 @@ def test_leashed_with_mindthestep_trains(config, train):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"threads": 0}, "threads must be in"),
+    ({"threads": -1}, "threads must be in"),
     ({"threads": 10_000}, "threads must be in"),
     ({"persistence": -2}, "persistence must be"),
     ({"batch_size": 100_000}, "larger than the training set"),

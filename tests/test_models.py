@@ -52,8 +52,16 @@ def test_flatten_unflatten_round_trip():
     assert np.array_equal(np.concatenate([np.ravel(l) for l in jax.tree.leaves(back)]), flat)
 
 
+def enable_x64():
+    """jax.enable_x64(True), or on older jax (before the top-level name) the experimental one."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64
+    return experimental_enable_x64(True)
+
+
 def test_gradient_matches_finite_differences_in_float64():
-    with jax.enable_x64(True):
+    with enable_x64():
         model = models.get("mlp")
         params = model.init(jax.random.key(0), (3, 2, 1), 4, hidden=(5,))
         params = jax.tree.map(lambda p: p.astype(jnp.float64), params)

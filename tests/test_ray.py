@@ -17,7 +17,8 @@ from asgd.run import ConfigError, parse, train  # noqa: E402
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """One local Ray for the module; train() reuses it instead of starting its own."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -145,8 +146,8 @@ def test_an_unreachable_address_fails_within_seconds(config):
 
 
 def test_bad_input_gives_one_line_errors(config, monkeypatch):
-    with pytest.raises(ConfigError, match=r"threads \(Ray worker actors\) must be in 1\.\.256, got 0"):
-        parse(on_ray(config, "leashed", threads=0))
+    with pytest.raises(ConfigError, match=r"threads \(Ray worker actors\) must be in 1\.\.256 .*got -1"):
+        parse(on_ray(config, "leashed", threads=-1))
     with pytest.raises(RayBackendError, match="runs .* not 'sequential'"):
         parse(on_ray(config, "sequential", threads=1))
     with pytest.raises(ConfigError, match="unknown backend"):
@@ -162,3 +163,18 @@ def test_bad_input_gives_one_line_errors(config, monkeypatch):
 def test_more_workers_than_cluster_cpus_is_a_clear_error(config):
     with pytest.raises(RayBackendError, match="need 3 CPUs; the Ray cluster has 2"):
         train(on_ray(config, "leashed", threads=3))
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_warning_the_user_cannot_act_on(tmp_path):
+    """A whole run on its own local Ray: stderr stays empty (no token-auth notice,
+    no fork warning from JAX, no actor-restart error line)."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "train.py"), "--config.backend=ray",
+                           "--config.num_updates=50", "--config.quiet=True",
+                           f"--config.workdir={tmp_path}", "--noprint_summary"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

@@ -340,6 +340,80 @@ def test_concurrent_close_and_release_after_close():
     assert st.stats()["held"] == 0
 
 
+def test_close_frees_the_memory_once_no_array_on_it_is_referenced():
+    st = ParameterStore(4096, "leashed")
+    with st.acquire() as snap:  # builds and caches a view of the buffer
+        assert snap.array[0] == 0.0
+    st.update(np.ones(4096, np.float32), 1.0, 0)
+    assert st.stats()["freed"] == 0
+    st.close()
+    assert st.stats()["freed"] == 1  # at once: the cache held the only views
+
+
+def test_close_keeps_the_memory_while_an_array_on_it_lives_then_frees_it():
+    st = ParameterStore(4096, "leashed", init=np.full(4096, 2.0, np.float32))
+    with st.acquire() as snap:
+        tail = snap.array[10:]  # a slice: its base is the view's owner, not the view
+    st.close()
+    assert st.stats()["freed"] == 0 and tail[-1] == 2.0
+    del tail
+    assert st.stats()["freed"] == 1
+
+
+def test_close_with_a_held_snapshot_frees_at_its_release():
+    st = ParameterStore(4096, "hogwild")
+    snap = st.acquire(copy=True)
+    st.close()
+    assert st.stats()["freed"] == 0 and snap.array[0] == 0.0
+    snap.release()
+    assert st.stats()["freed"] == 1
+
+
+def test_a_view_first_built_after_close_keeps_the_memory_until_dropped():
+    # An acquire that entered C before close() builds its view after it.
+    from asgd._pstore import lib
+    st = ParameterStore(4096, "leashed", init=np.full(4096, 5.0, np.float32))
+    sn = lib.pstore_acquire(st._h, 0)
+    st.close()
+    view = st._view(sn.handle, sn.data, False)
+    lib.pstore_release(st._h, sn.handle)
+    assert st.stats()["freed"] == 0 and view[0] == 5.0
+    del view
+    assert st.stats()["freed"] == 1
+
+
+def test_threads_meeting_a_buffer_first_share_one_view(monkeypatch):
+    # Slow view construction: without the cache's lock every thread would
+    # build (and hand out) its own view, and close() would miss all but one.
+    built = []
+    init = store_mod._ViewBase.__init__
+
+    def slow_init(self, *args):
+        built.append(1)
+        time.sleep(0.05)
+        init(self, *args)
+
+    monkeypatch.setattr(store_mod._ViewBase, "__init__", slow_init)
+    st = ParameterStore(1024, "leashed")
+    barrier = threading.Barrier(4)
+    arrays = []
+
+    def reader():
+        barrier.wait()
+        with st.acquire() as snap:
+            arrays.append(snap.array)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and all(a is arrays[0] for a in arrays)
+    del arrays[:]
+    st.close()
+    assert st.stats()["freed"] == 1
+
+
 def test_stale_view_after_close_or_gc_does_not_crash():
     import gc
     d = 1 << 21  # 8 MiB buffers: mmap'ed, so a freed one would be unmapped
@@ -479,6 +553,9 @@ def test_buffer_cap_is_an_exception():
     held.append(st.acquire())  # 3 versions held: every buffer is pinned
     with pytest.raises(StoreError, match="cap"):
         st.update(np.ones(10, np.float32), 1.0, 0)
+    stats = st.stats()  # a failed allocation raises neither the peak nor the count
+    assert stats["peak_live"] == stats["allocated"] == stats["max_buffers"] == 3
+    assert stats["live"] == stats["held"] == 3
     for h in held:
         h.release()
     st.update(np.ones(10, np.float32), 1.0, 0)
@@ -509,13 +586,6 @@ def test_c_stress_short_plain_and_under_sanitizers(target):
     assert "WARNING: ThreadSanitizer" not in r.stdout + r.stderr
     assert "ERROR: AddressSanitizer" not in r.stdout + r.stderr
     assert "runtime error" not in r.stdout + r.stderr
-
-
-def test_build_info_names_the_compiler_flags_and_vector_set():
-    from asgd.store import build_info
-    info = build_info()
-    assert set(info) == {"compiler", "cflags", "vector"}
-    assert "-O" in info["cflags"] and info["vector"] in ("avx512f", "avx2", "sse2", "none")
 
 
 @pytest.mark.parametrize("mode", ["leashed", "locked", "hogwild"])

@@ -15,7 +15,6 @@ import pytest
 from asgd import aggregate, metrics, plots, study
 from asgd.metrics import Run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def study_config(tmp_path, name="study_digits.py"):
@@ -236,10 +235,10 @@ def test_duration(seconds, text):
 # -- the command line --------------------------------------------------------------
 
 def run_cli(tmp_path, *flags):
-    env = dict(os.environ, PYTHONPATH=REPO)
+    # From a folder without configs/: the relative config path resolves to the installed config.
     return subprocess.run([sys.executable, "-m", "asgd.study", "--config=configs/study_digits.py",
                            f"--config.study_dir={tmp_path}/study", *flags],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_runs_an_isolated_study(tmp_path):

@@ -8,14 +8,25 @@ target loss, and finally writes summary.json. Control loops (the step-size
 ``ScaleController``) are polled beside it and own their own state.
 
 Stopping. ``Tickets`` hands out minibatch numbers and is the one place that
-decides to stop. With ``num_updates`` it hands a ticket only while
-``applied + in_flight < num_updates``, so exactly ``num_updates`` updates are
-applied (a dropped update frees its ticket for another). ``epochs`` caps the
-minibatches handed out. On a wall-clock, target-loss or divergence stop, a
+decides to stop. The two count limits stop *handing out* tickets and let the
+gradients in flight finish: with ``num_updates`` a ticket is handed out only
+while ``applied + in_flight < num_updates``, so exactly ``num_updates``
+updates are applied (a dropped update frees its ticket for another); with
+``epochs`` the first ``epochs x per_epoch`` minibatches are handed out once
+each and every one is applied or dropped, none discarded. The run stops
+("num_updates" / "epochs") when the last worker asks for a ticket with none
+in flight. On a wall-clock, target-loss, divergence or interrupt stop, a
 worker that finishes its gradient afterwards discards it; a worker already
 inside ``store.update`` when the flag is raised still applies its update, so
 at most ``threads`` updates land after such a stop (counted in
 ``applied_after_stop``).
+
+One training-loss series gives metrics.jsonl's ``train_loss``, the summary's
+``time_to_target`` and ``final_train_loss`` (its last value): the mean of the
+minibatch losses recorded between two events. ``WorkerLog`` (the Python
+worker loops and the Ray server) does not record the loss of a gradient that
+finds the run stopping, so there the series ends at the stop and every finite
+loss in it belongs to a gradient that went to the store.
 """
 
 from __future__ import annotations
@@ -115,14 +126,14 @@ class WorkerLog:
     """
 
     def __init__(self):
-        self.loss: list[float] = []       # minibatch loss of every computed gradient
+        self.loss: list[float] = []       # minibatch loss of every gradient recorded before the stop
         self.staleness: list[int] = []    # tau of every applied update
         self.attempts: list[int] = []     # CAS attempts of every update (applied or dropped)
         self.read_s: list[float] = []     # store.acquire call of every gradient (lock: wait + copy)
         self.compute_s: list[float] = []  # gradient computation only, snapshot in hand
         self.update_s: list[float] = []   # store.update call of every update (waits, retries)
         self.dropped = 0
-        self.discarded = 0                # gradients computed after a stop, not applied
+        self.discarded = 0                # gradients not applied because of a stop (or a non-finite loss)
 
     def record(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> None:
         """Record one computed gradient; a non-finite loss stops the run (divergence)."""
@@ -135,15 +146,26 @@ class WorkerLog:
     def gradient(self, tickets: "Tickets", loss: float, read_s: float, compute_s: float) -> bool:
         """Record one asynchronous gradient; False when it must be discarded.
 
-        Once the run is stopping, the gradient is discarded and its ticket
-        returned unapplied.
+        A gradient that finds the run stopping is discarded and its ticket
+        returned unapplied; its timings are recorded, its loss is not (the
+        training-loss series ends at the stop). A non-finite loss is recorded,
+        stops the run (divergence) and its gradient is discarded too. Every
+        other recorded loss belongs to a gradient that goes to the store.
         """
-        self.record(tickets, loss, read_s, compute_s)
         if tickets.stopped:
-            self.discarded += 1
-            tickets.finish(False)
+            self.read_s.append(read_s)
+            self.compute_s.append(compute_s)
+            self._discard(tickets)
+            return False
+        self.record(tickets, loss, read_s, compute_s)
+        if not math.isfinite(loss):
+            self._discard(tickets)
             return False
         return True
+
+    def _discard(self, tickets: "Tickets") -> None:
+        self.discarded += 1
+        tickets.finish(False)
 
     def update(self, tickets: "Tickets", result, update_s: float) -> None:
         """Record one store update (applied or dropped) and finish its ticket."""

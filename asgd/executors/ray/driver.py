@@ -14,8 +14,10 @@ actor rejoin. The server is not restartable: if it dies, the run ends with
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -31,20 +33,34 @@ READY_TIMEOUT_S = 600.0  # worker actors start, load JAX and compile before this
 RAY_POLL_S = 5 * POLL_S  # the driver's poll: one progress call to the server each
 
 
+class _QuietTokenAuthDefault(logging.Filter):
+    """Drops Ray's notice that a new local cluster uses token authentication (its
+    secure default): nothing to act on. Its other authentication warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def connect(ray_spec: RaySpec, threads: int, quiet: bool) -> bool:
     """Join or start Ray; True if this call started it (and should shut it down)."""
-    import logging
-
     import ray
     if ray.is_initialized():
         return False
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _QuietTokenAuthDefault) for f in auth_logger.filters):
+        auth_logger.addFilter(_QuietTokenAuthDefault())
     options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
     try:
-        if ray_spec.address:
-            ray.init(address=ray_spec.address, **options)
-        else:
-            cpus = max(os.cpu_count() or 1, math.ceil(threads * ray_spec.worker_cpus))
-            ray.init(num_cpus=cpus, **options)
+        with warnings.catch_warnings():
+            # JAX warns at every fork; Ray starts its processes with fork + exec
+            # (subprocess), which is safe, so the warning is noise here.
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            if ray_spec.address:
+                ray.init(address=ray_spec.address, **options)
+            else:
+                cpus = max(os.cpu_count() or 1, math.ceil(threads * ray_spec.worker_cpus))
+                # "local": a new local Ray even if a cluster from `ray start` runs here
+                ray.init(address="local", num_cpus=cpus, **options)
     except (ConnectionError, RuntimeError) as e:
         raise RayBackendError(f"cannot start or join Ray at ray_address={ray_spec.address!r}: "
                               f"{str(e).splitlines()[0]}") from None
@@ -137,15 +153,19 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
         logs = [WorkerLog() for _ in range(m)]  # the mirror of the server's
         scales = ScaleController(schedule(rule.transform), logs)
         tag = os.path.basename(os.path.normpath(writer.run_dir))
+        ps_name = f"asgd-ps@{tag}"
         ps = ray.remote(ParameterServer).options(
-            name=f"asgd-ps@{tag}", num_cpus=0, max_restarts=0, max_concurrency=m + 8).remote(
+            name=ps_name, num_cpus=0, max_restarts=0, max_concurrency=m + 8).remote(
             problem.init_flat, spec.algorithm, m, scales.array, spec.persistence,
             stop.num_updates, max_batches)
         train_ref = ray.put(problem.train)
+        # Restartable actors take no object references (actor handles included) in
+        # their constructor (Ray warns that a restart could not recover them): the
+        # workers find the server by name and get the training set with each run.
         workers = [ray.remote(Worker).options(
             name=f"asgd-worker-{k}@{tag}", num_cpus=ray_spec.worker_cpus,
             max_restarts=ray_spec.max_restarts, max_task_retries=0).remote(
-            k, ps, problem.grad_factory, problem.layout.size, [train_ref],
+            k, ps_name, problem.grad_factory, problem.layout.size, problem.train.input_shape,
             spec.batch_size, spec.seed) for k in range(m)]
         ray.get([w.ready.remote() for w in workers], timeout=READY_TIMEOUT_S)
         problem.evaluate(problem.init_flat)  # compile eval before the clock starts
@@ -158,7 +178,7 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
                               "backend": "ray", "lost_gradients": mirror.lost,
                               "worker_restarts": sum(restarts), "ray_nodes": len(ray.nodes()),
                               **({"error": mirror.ps_error} if mirror.ps_error else {})}])
-        supervise(ps, workers, monitor, mirror, scales, restarts)
+        supervise(ps, workers, monitor, mirror, scales, restarts, [train_ref])
         return monitor.summary()
     except ray.exceptions.GetTimeoutError:
         raise RayBackendError(f"the worker actors did not start within {READY_TIMEOUT_S:g} s") from None
@@ -170,18 +190,19 @@ def run(spec: ExecutorSpec, run_spec: RunSpec, problem, writer, rule) -> dict:
 
 
 def supervise(ps, workers, monitor: Monitor, mirror: Mirror, scales: ScaleController,
-              restarts: list[int]) -> None:
+              restarts: list[int], train: list) -> None:
     """The driver loop: run the workers, let dead ones rejoin, poll the monitor.
 
     ``pending`` maps each outstanding call to (worker, what): "run" is a
     worker's loop, "ready" a probe of a restarting actor (a call made while
     Ray restarts it fails at once, so the loop starts only once it answers).
+    ``train``: [object reference of the training set], handed to every run.
     """
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
     incarnation = [0] * len(workers)
     monitor.start()
-    pending = {w.run.remote(0): (k, "run") for k, w in enumerate(workers)}
+    pending = {w.run.remote(0, train): (k, "run") for k, w in enumerate(workers)}
     error: BaseException | None = None
     try:
         while pending:
@@ -191,7 +212,7 @@ def supervise(ps, workers, monitor: Monitor, mirror: Mirror, scales: ScaleContro
                 try:
                     ray.get(ref)
                     if what == "ready" and not mirror.stopped:
-                        pending[workers[k].run.remote(incarnation[k])] = (k, "run")
+                        pending[workers[k].run.remote(incarnation[k], train)] = (k, "run")
                 except RayActorError as e:
                     if what == "run":  # the worker died: declare it lost, then let it rejoin
                         restarts[k] += 1

@@ -14,37 +14,45 @@ class Worker:
 
     Args:
       k: this worker's index.
-      ps: the parameter-server actor handle.
+      ps_name: the name of the parameter-server actor (a handle, like any
+        object reference among a restartable actor's constructor arguments,
+        makes Ray warn that a restart could fail).
       make_grad_fn: builds the jitted (flat params, x, y) -> (loss, gradient
         pytree) in this process (e.g. ``problem.grad_factory``).
       d: the number of parameters.
-      train_ref: [object ref of the training set], one copy per node,
-        zero-copy here (in a list so Ray passes the reference: a restarted
-        actor fetches it again, and Ray does not warn about by-value
-        arguments of restartable actors).
+      input_shape: the shape of one example (to compile before the data arrive).
       batch_size, seed: the seeded minibatch stream of ``asgd.data.Batches``,
         so ticket i is the same minibatch as in a local run.
+
+    The training set comes with ``run`` (an object reference, likewise kept
+    out of the constructor), one copy per node and zero-copy here.
     """
 
-    def __init__(self, k: int, ps, make_grad_fn: Callable[[], Callable], d: int, train_ref: list,
-                 batch_size: int, seed: int):
+    def __init__(self, k: int, ps_name: str, make_grad_fn: Callable[[], Callable], d: int,
+                 input_shape: tuple, batch_size: int, seed: int):
         import jax
         import ray
-
-        from asgd.data import Batches
-        self.k, self.ps = k, ps
+        self.k, self.ps = k, ray.get_actor(ps_name)
+        self.batch_size, self.seed, self.batches = batch_size, seed, None
         self.grad_fn = make_grad_fn()
-        self.batches = Batches(ray.get(train_ref[0]), batch_size, seed)
-        x, y = self.batches.get(0)  # compile now, not on the clock
+        x = np.zeros((batch_size, *input_shape), np.float32)  # compile now, not on the clock
+        y = np.zeros(batch_size, np.int32)
         jax.block_until_ready(self.grad_fn(np.zeros(d, np.float32), x, y))
 
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, incarnation: int) -> int:
-        """Work until told to stop; returns the number of gradients pushed."""
+    def run(self, incarnation: int, train_ref: list) -> int:
+        """Work until told to stop; returns the number of gradients pushed.
+
+        ``train_ref``: [object reference of the training set].
+        """
         import jax
         import ray
+
+        from asgd.data import Batches
+        if self.batches is None:
+            self.batches = Batches(ray.get(train_ref[0]), self.batch_size, self.seed)
         clock, pushed = time.perf_counter, 0
         assignment = ray.get(self.ps.start.remote(self.k, incarnation))
         while assignment is not None:
