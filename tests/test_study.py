@@ -241,6 +241,20 @@ def run_cli(tmp_path, *flags):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
+def test_cli_names_the_study_folder_after_the_config_and_its_overrides(tmp_path):
+    flags = ["--config.algorithms=('sequential',)", "--config.stepsizes=('constant',)",
+             "--config.seeds=(0,)", "--config.base.num_updates=30", "--config.isolate=False"]
+    proc = subprocess.run([sys.executable, "-m", "asgd.study", "--config=configs/study_digits.py", *flags],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = os.listdir(tmp_path / "studies")
+    assert folder == os.path.basename(study.default_study_dir("study_digits.py", {
+        "algorithms": ("sequential",), "stepsizes": ("constant",), "seeds": (0,),
+        "base.num_updates": 30, "isolate": False}))
+    assert folder.startswith("digits-") and f"study: 1 runs in studies/{folder}" in proc.stdout
+    assert (tmp_path / "studies" / folder / "table.md").exists()
+
+
 def test_cli_runs_an_isolated_study(tmp_path):
     proc = run_cli(tmp_path, "--config.algorithms=('sequential',)", "--config.stepsizes=('constant',)",
                    "--config.seeds=(3,)", "--config.base.num_updates=100", "--config.base.log_every=10")
