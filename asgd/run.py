@@ -11,6 +11,7 @@ create ``<workdir>/runs/<timestamp>-<name>/`` and run the executor.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import shutil
@@ -55,8 +56,23 @@ def threads_of(cfg) -> int:
 
 
 def run_name(cfg) -> str:
-    """The results folder's name after its timestamp: ``name``, or what the run is."""
-    return cfg.name or f"{cfg.algorithm}-m{threads_of(cfg)}"
+    """The results folder's name after its timestamp: ``name``, or what the run is.
+
+    ``<algorithm>-m<threads>-<stepsize>``, then each field a study sweeps
+    that differs from ``configs/default.py`` (``-lr0.1``, ``-p0`` for
+    leashed, ``-s3``), so runs that differ in them never look alike.
+    """
+    if cfg.name:
+        return cfg.name
+    default = default_config()
+    name = f"{cfg.algorithm}-m{threads_of(cfg)}-{cfg.stepsize}"
+    if cfg.learning_rate != default.learning_rate:
+        name += f"-lr{cfg.learning_rate:g}"
+    if cfg.algorithm == "leashed" and cfg.persistence != default.persistence:
+        name += f"-p{cfg.persistence}"
+    if cfg.seed != default.seed:
+        name += f"-s{cfg.seed}"
+    return name
 
 
 def check_workdir(workdir: str) -> None:
@@ -123,6 +139,8 @@ def parse(cfg) -> Specs:
         raise ConfigError(f"loss_targets must be a tuple of numbers, got {cfg.loss_targets!r}") from None
     for target in targets:
         _finite("each of loss_targets", target, strict=True)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError("tensorboard=True needs tensorboardX: pip install -e '.[tensorboard]'")
     ray = None
     if backend == "ray":
         ray = _ray_spec(cfg)
@@ -158,7 +176,7 @@ def parse(cfg) -> Specs:
                               int(cfg.batch_size), int(cfg.seed), ray, cfg.worker),
         run=RunSpec(stop, targets, _integer("eval_every", cfg.eval_every, 0),
                     _integer("log_every", cfg.log_every, 0), bool(cfg.quiet), cfg.workdir,
-                    run_name(cfg)),
+                    run_name(cfg), bool(cfg.tensorboard)),
         cpus=_integer("cpus", cfg.cpus, -1))
 
 
@@ -281,7 +299,7 @@ def execute(specs: Specs, config: dict, run_dir: str | None = None, problem=None
             except OSError as e:
                 raise ConfigError(f"cannot create the results folder under workdir "
                                   f"{specs.run.workdir!r}: {e.strerror or e}") from None
-        with metrics.RunWriter(run_dir, config) as writer:
+        with metrics.RunWriter(run_dir, config, problem.layout, specs.run.tensorboard) as writer:
             summary = executors.run(specs.executor, specs.run, problem, writer, rule)
     except KeyboardInterrupt:
         written = run_dir is not None and os.path.exists(os.path.join(run_dir, "summary.json"))

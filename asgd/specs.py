@@ -108,6 +108,7 @@ class RunSpec:
     quiet: bool
     workdir: str
     name: str                # the results folder's name after its timestamp
+    tensorboard: bool = False  # also write TensorBoard scalars into the run folder
 
 
 @dataclasses.dataclass(frozen=True)

@@ -543,7 +543,22 @@ class ParameterStore:
             "allocated", "live", "peak_live", "applied", "cas_attempts", "cas_failures",
             "dropped", "held", "acquires", "version", "max_buffers", "d", "freed")}
         out["mode"] = _MODE_NAMES[st.mode]
+        out["live_hist"] = self._live_hist(st.max_buffers)
         return out
+
+    def _live_hist(self, max_buffers: int) -> list[int]:
+        """Counts of applied updates by the live buffers seen right after their publish.
+
+        ``[k]`` = updates after which k buffers were live; the largest k is at
+        most ``peak_live`` (the exact peak at any instant, which may fall
+        between publishes). Exact once no update is running.
+        """
+        n = max_buffers + 1
+        hist = _ffi.new("int64_t[]", n)
+        bins = _lib.pstore_live_hist(self._h, hist, n)
+        if bins < 0:
+            _raise(bins, "live_hist")
+        return [int(hist[k]) for k in range(bins)]
 
     @property
     def closed(self) -> bool:

@@ -12,11 +12,17 @@ started again skips every run that already has its summary.json. A run that
 fails is reported and left without summary.json (the next start retries it);
 the study then goes on and exits with code 1. Bad flags or config values exit
 with code 2 and a one-line error.
+
+``study_dir = ""`` (the configs' default) names the folder after the config
+file and the command-line overrides (``default_study_dir``), so two
+different studies never share a folder and the same command resumes its own.
+Each run's line ends with the time it took and the study's ETA.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -27,7 +33,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from ml_collections import config_dict
+from ml_collections import config_dict, config_flags
 
 from asgd import metrics
 from asgd.cli import exit_code, exit_quietly_on_signals, fail, parse_config, stop_signals
@@ -37,7 +43,7 @@ PROG = "asgd.study"
 
 SWEEPS = ("algorithms", "threads", "stepsizes", "learning_rates", "persistences", "seeds")
 # Config fields that may differ between a finished run and the study asking for it.
-NOT_COMPARED = ("quiet", "workdir", "name")
+NOT_COMPARED = ("quiet", "workdir", "name", "tensorboard", metrics.ENVIRONMENT)
 
 class StudyError(ValueError):
     """The study config or the study folder is unusable; the message says why."""
@@ -57,6 +63,34 @@ def run_key(specs: Specs) -> str:
         key += f"-p{ex.persistence}"
     key += f"-s{ex.seed}"
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", key)
+
+
+# Study fields that do not change what a study computes (left out of its folder's name).
+NOT_NAMED = ("quiet", "study_dir", "base.quiet", "base.workdir", "base.name", "base.tensorboard")
+
+
+def default_study_dir(config_file: str, overrides: dict) -> str:
+    """``studies/<name>`` for a study config file run as it is, e.g. ``studies/digits``
+    for configs/study_digits.py; with command-line overrides ``studies/<name>-<hash>``,
+    the hash of the overridden fields and values (so the same command finds its
+    folder again and a different one never reuses it).
+    """
+    name = os.path.splitext(os.path.basename(config_file))[0].removeprefix("study_")
+    changed = {k: v for k, v in overrides.items() if k not in NOT_NAMED}
+    if changed:
+        text = json.dumps({k: repr(v) for k, v in sorted(changed.items())}, sort_keys=True)
+        name += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return os.path.join("studies", name)
+
+
+def duration(seconds: float) -> str:
+    """Compact human duration: 42s, 3m05s, 1h02m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def check(study) -> None:
@@ -172,7 +206,8 @@ def run_one(run_dir: str) -> int:
 def describe(summary: dict) -> str:
     """One line of a finished run's results."""
     reached = summary.get("time_to_target") or {}
-    hits = " ".join(f"t({k})={'-' if v is None else f'{v:.2f}s'}" for k, v in reached.items())
+    hits = " ".join(f"t({k})={'-' if v is None else f'{v:.2f}s'}"
+                    for k, v in sorted(reached.items(), key=lambda kv: -float(kv[0])))
     return (f"acc {summary.get('eval_accuracy', float('nan')):.3f} "
             f"loss {summary.get('eval_loss', float('nan')):.4f} "
             f"{summary.get('updates_per_s', 0):.0f} upd/s {hits}")
@@ -190,6 +225,8 @@ def run_study(study, log=print) -> dict:
     metrics.write_json_atomic(os.path.join(study.study_dir, "study.json"), study.to_dict())
     say = (lambda *a: None) if study.quiet else log
     counts = {"planned": len(planned), "ran": 0, "skipped": 0, "failed": 0}
+    say(f"study: {len(planned)} runs in {study.study_dir}")
+    spent = 0.0  # seconds of the runs done by this call (for the ETA)
     for i, run in enumerate(planned, 1):
         key, cfg = run.key, run.config
         run_dir = os.path.join(runs_dir, key)
@@ -204,10 +241,16 @@ def run_study(study, log=print) -> dict:
             summary = (run_isolated if study.isolate else run_in_process)(run, run_dir)
         except Exception as e:  # one failed run must not end the study
             counts["failed"] += 1
+            spent += time.perf_counter() - start
             log(f"{prefix} FAILED: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
             continue
         counts["ran"] += 1
-        say(f"{prefix} {describe(summary)} ({time.perf_counter() - start:.1f}s)")
+        took = time.perf_counter() - start
+        spent += took
+        left = len(planned) - i
+        eta = f"; {left} left, ETA {duration(spent / (counts['ran'] + counts['failed']) * left)}" \
+            if left else ""
+        say(f"{prefix} {describe(summary)} ({took:.1f}s{eta})")
     from asgd import aggregate, plots
     done = [metrics.load_run(os.path.join(runs_dir, p.key)) for p in planned
             if os.path.exists(os.path.join(runs_dir, p.key, "summary.json"))]
@@ -231,7 +274,11 @@ the study, keeping every finished run for the next start."""
 
 
 def main(argv: list[str], prog: str = PROG) -> int:
-    study, _ = parse_config(argv, "study_digits.py", prog, STUDY_USAGE)
+    study, flag_values = parse_config(argv, "study_digits.py", prog, STUDY_USAGE)
+    if not study.study_dir:
+        flag = flag_values["config"]
+        study.study_dir = default_study_dir(config_flags.get_config_filename(flag),
+                                            config_flags.get_override_values(flag))
     with stop_signals(prog) as signals:
         try:
             counts = run_study(study)

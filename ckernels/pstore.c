@@ -144,6 +144,9 @@ struct pstore {
     alignas(CACHELINE) _Atomic int64_t live, peak_live, applied, cas_attempts,
         cas_failures, dropped, acquires;
     alignas(CACHELINE) _Atomic int64_t held;
+    /* live_hist[k]: publishes (applied updates) that saw k live buffers right
+     * after publishing; max_buffers + 1 bins, see count_publish */
+    _Atomic int64_t *live_hist;
     /* close protocol, see pstore_close */
     alignas(CACHELINE) _Atomic int32_t inflight;
     _Atomic int32_t closed, drained, freeing, freed, keep_memory;
@@ -279,6 +282,22 @@ static void peak_raise(pstore *s, int64_t v) {
                         &s->peak_live, &p, v, memory_order_relaxed,
                         memory_order_relaxed)) {
     }
+}
+
+/* One applied update: counts it and samples the live-buffer count into
+ * live_hist. Called once per publish, after it, by the publishing thread.
+ * Invariant H: sum(live_hist) == applied once every update call has returned
+ * (both are incremented here, once per applied update, never elsewhere).
+ * Relaxed, like every counter: the sampled value is the count some moment
+ * after this thread's publish saw it (other threads may take or return
+ * buffers meanwhile); live never exceeds max_buffers for long (take_buffer
+ * undoes its increment when the cap is hit), and the index is clamped. */
+static void count_publish(pstore *s) {
+    cnt_add(&s->applied, 1);
+    int64_t l = atomic_load_explicit(&s->live, memory_order_relaxed);
+    if (l < 0) l = 0;
+    if (l > s->max_buffers) l = s->max_buffers;
+    cnt_add(&s->live_hist[l], 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -481,6 +500,7 @@ void pstore_destroy(pstore *s) {
     pthread_mutex_destroy(&s->alloc_mu);
     sem_destroy(&s->writer);
     free(s->bufs);
+    free(s->live_hist);
     free(s);
 }
 
@@ -522,6 +542,12 @@ int pstore_create(int64_t d, int32_t mode, const float *init,
         return PSTORE_ENOMEM;
     }
     memset(s->bufs, 0, sizeof(pbuf) * (size_t)max_buffers);
+    s->live_hist = calloc((size_t)max_buffers + 1, sizeof(*s->live_hist));
+    if (!s->live_hist) {
+        free(s->bufs);
+        free(s);
+        return PSTORE_ENOMEM;
+    }
     s->d = d;
     s->nbytes = nbytes;
     s->mode = mode;
@@ -669,7 +695,7 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         }
         r.version = atomic_fetch_add_explicit(&s->ver, 1, memory_order_acq_rel) + 1;
         r.applied = 1; r.attempts = 1; r.staleness = t - t_read;
-        cnt_add(&s->applied, 1); cnt_add(&s->cas_attempts, 1);
+        count_publish(s); cnt_add(&s->cas_attempts, 1);
         goto out;
     }
     if (s->mode == PSTORE_LOCKED) {
@@ -694,7 +720,7 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         sem_post(&s->writer);
         r.version = t + 1;
         r.applied = 1; r.attempts = 1; r.staleness = t - t_read;
-        cnt_add(&s->applied, 1); cnt_add(&s->cas_attempts, 1);
+        count_publish(s); cnt_add(&s->cas_attempts, 1);
         goto out;
     }
 
@@ -719,7 +745,7 @@ pstore_result pstore_update(pstore *s, float *const *segs, const int64_t *lens,
         if (publish(s, i, j)) {
             r.applied = 1;
             r.version = t + 1;
-            cnt_add(&s->applied, 1);
+            count_publish(s);
             break;
         }
         cnt_add(&s->cas_failures, 1);
@@ -841,9 +867,9 @@ static int commit_shared(pstore *s, pstore_attempt *a, float *const *segs,
         a->overwritten = t - a->base_version;
         a->staleness = t - a->t_read;
     }
-    cnt_add(&s->applied, 1);
     a->base_handle = -1;                                        /* nothing to drop */
     attempt_end(s, a);
+    count_publish(s);  /* after the private buffer went back, as in the fused update */
     return 1;
 }
 
@@ -874,7 +900,7 @@ int pstore_commit_segments(pstore *s, pstore_attempt *a, float *const *segs,
     int32_t i = a->base_handle;
     a->base_handle = -1; /* publish consumes the reference */
     if (publish(s, i, a->out_handle)) {
-        cnt_add(&s->applied, 1);
+        count_publish(s);
         a->out_handle = -1;
         a->base = NULL; a->out = NULL;
         held_dec(s);
@@ -982,4 +1008,14 @@ int pstore_get_stats(pstore *s, pstore_stats *st) {
     st->acquires = atomic_load(&s->acquires);
     st->freed = atomic_load(&s->freed);
     return PSTORE_OK;
+}
+
+int32_t pstore_live_hist(pstore *s, int64_t *out, int32_t n) {
+    if (!s || !out || n < 0) return PSTORE_EINVAL;
+    int32_t bins = n < s->max_buffers + 1 ? n : s->max_buffers + 1, last = 0;
+    for (int32_t k = 0; k < bins; k++) {
+        out[k] = atomic_load_explicit(&s->live_hist[k], memory_order_relaxed);
+        if (out[k]) last = k + 1;
+    }
+    return last;
 }

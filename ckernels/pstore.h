@@ -161,6 +161,11 @@ int pstore_read_copy(pstore *s, float *dst, int64_t *version);
 int pstore_read_prefix(pstore *s, float *dst, int64_t count, int64_t *version);
 int64_t pstore_version(pstore *s);          /* <0 if closed */
 int pstore_get_stats(pstore *s, pstore_stats *st);
+/* Live-buffer histogram: out[k] = applied updates after whose publish k
+ * buffers were live (not in the free pool). Copies min(n, max_buffers + 1)
+ * bins; returns 1 + the largest k with out[k] > 0 (0 if none), or <0 on
+ * error. Exact once all update calls have returned; sum(out) == applied. */
+int32_t pstore_live_hist(pstore *s, int64_t *out, int32_t n);
 int64_t pstore_dim(pstore *s);
 /* Current generation of a buffer (stress checks: a held buffer must keep the
  * generation it had at acquire). */

@@ -26,7 +26,9 @@
  *  - memory bound: allocated <= 2m+1 (hold=0), <= 3m+1 (hold=1); LOCKED:
  *    <= m+1 (one private copy per reader + the shared buffer).
  *  - counters add up: cas_attempts = applied + cas_failures, applied +
- *    dropped = update calls, live = 1 and held = 0 at the end.
+ *    dropped = update calls, live = 1 and held = 0 at the end; the
+ *    live-buffer histogram counts every applied update once, within
+ *    1..peak_live (all modes).
  * Odd threads in LEASHED and LOCKED use the two-phase begin/commit API (half
  * of them committing the new vector as segments), even threads the fused
  * update; persistence is drawn from {-1, 0, 1, 3}.
@@ -311,6 +313,18 @@ static int64_t run_config(int mode, int hold, int m, int64_t total, int64_t d) {
               "cas_attempts %" PRId64 " != applied + failures", st.cas_attempts);
     else
         CHECK(st.cas_failures == 0 && st.cas_attempts == calls, "attempt counters");
+
+    {
+        int64_t *hist = calloc((size_t)st.max_buffers + 1, sizeof(int64_t)), sum = 0;
+        int32_t bins = pstore_live_hist(s, hist, (int32_t)st.max_buffers + 1);
+        for (int32_t k = 0; k < bins; k++) sum += hist[k];
+        CHECK(sum == st.applied, "live histogram counts %" PRId64 " != applied %" PRId64,
+              sum, st.applied);
+        CHECK(bins <= st.peak_live + 1 && (applied == 0 || hist[0] == 0),
+              "live histogram outside 1..peak_live (%d bins, peak %" PRId64 ")",
+              bins, st.peak_live);
+        free(hist);
+    }
 
     double lost_mean = 0;
     if (mode == PSTORE_HOGWILD) {

@@ -11,7 +11,8 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.name = ""                   # run name, used in the results folder name ("" = <algorithm>-m<threads>)
+    c.name = ""                   # run name in the results folder's name ("" = <algorithm>-m<threads>-<stepsize>
+                                  # and, where not the default, -lr<learning_rate>, -p<persistence>, -s<seed>)
 
     # Data.
     c.dataset = "digits"          # digits | mnist | fashion_mnist | cifar10
@@ -76,4 +77,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 100             # updates between metrics.jsonl lines
     c.workdir = "."               # results go to <workdir>/runs/<timestamp>-<name>/
     c.quiet = False               # no progress bar
+    c.tensorboard = False         # also write TensorBoard scalars into the run folder (pip install -e '.[tensorboard]')
     return c

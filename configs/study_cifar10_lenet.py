@@ -18,5 +18,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.base.log_every = 100
     c.learning_rates = (0.01,)
     c.targets = (2.0, 1.6, 1.4, 1.2)
-    c.study_dir = "studies/cifar10_lenet"
+    c.study_dir = ""                       # "" = studies/<config file name>[-<hash of the overrides>]
     return c

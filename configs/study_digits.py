@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seeds = (0, 1)
 
     c.targets = (0.5, 0.3, 0.2)            # training-loss levels ε for time to ε
-    c.study_dir = "studies/digits"         # runs/, table.csv, table.md, plots/
+    c.study_dir = ""                       # "" = studies/<config file name>[-<hash of the overrides>]
     c.isolate = True                       # each run in its own process (own peak RSS, cpus)
     c.quiet = False                        # no per-run progress lines
     return c

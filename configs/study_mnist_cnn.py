@@ -15,5 +15,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.base.batch_size = 64
     c.base.learning_rate = 0.05
     c.learning_rates = (0.05,)
-    c.study_dir = "studies/mnist_cnn"
+    c.study_dir = ""                       # "" = studies/<config file name>[-<hash of the overrides>]
     return c

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.persistences = (-1, 0, 1)
     c.seeds = (0, 1, 2)
     c.targets = (1.0, 0.5, 0.3, 0.2)
-    c.study_dir = "studies/mnist_mlp"
+    c.study_dir = ""                       # "" = studies/<config file name>[-<hash of the overrides>]
     c.isolate = True
     c.quiet = False
     return c

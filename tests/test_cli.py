@@ -97,7 +97,7 @@ def test_sequential_without_threads_runs_one_thread(capsys, tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = metrics.read_json(str(run_dir / "summary.json"))
     assert summary["threads"] == 1 and summary["updates"] == 50
-    assert run_dir.name.endswith("-sequential-m1")
+    assert run_dir.name.endswith("-sequential-m1-constant")
 
 
 def test_the_default_of_threads_is_two_workers_for_the_others():

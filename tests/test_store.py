@@ -52,6 +52,25 @@ def test_basic_update_and_read(mode):
         assert s["cas_attempts"] == s["applied"] + s["cas_failures"]
 
 
+@pytest.mark.parametrize("mode, held_live", [("leashed", 2), ("locked", 2), ("hogwild", 1)])
+def test_live_histogram_samples_every_publish(mode, held_live):
+    """Each applied update adds one count at the live buffers seen right after it."""
+    u = np.ones(8, np.float32)
+    with ParameterStore(8, mode) as st:
+        assert st.stats()["live_hist"] == []
+        st.update(u, 1.0, 0)                   # nothing held: one live buffer
+        st.update(u, 1.0, 1)
+        with st.acquire() as snap:             # leashed: the old version stays live;
+            st.update(u, 1.0, snap.version)    # locked: the reader's copy; hogwild: shared
+        s = st.stats()
+        hist = [0] * (held_live + 1)
+        hist[1] += 2
+        hist[held_live] += 1
+        assert s["live_hist"] == hist
+        assert sum(s["live_hist"]) == s["applied"] == 3
+        assert len(s["live_hist"]) - 1 <= s["peak_live"]
+
+
 def test_scale_table_indexed_by_staleness():
     st = ParameterStore(4, "leashed")
     u = np.ones(4, np.float32)
@@ -277,6 +296,8 @@ def test_threads_invariants(mode, hold):
     if mode == "leashed":
         assert s["cas_attempts"] == s["applied"] + s["cas_failures"]
     assert s["held"] == 0 and s["live"] == 1
+    assert sum(s["live_hist"]) == s["applied"] and s["live_hist"][0] == 0
+    assert len(s["live_hist"]) - 1 <= s["peak_live"]
     # every version produced exactly once; no lost update
     assert sorted(inc) == list(range(1, V + 1))
     prefix = np.concatenate([[0.0], np.cumsum([inc[v] for v in range(1, V + 1)])])

@@ -28,6 +28,7 @@ def study_config(tmp_path, name="study_digits.py"):
 def fake_run(seed, times, losses, algorithm="hogwild", threads=2, **summary):
     config = {"algorithm": algorithm, "threads": threads, "stepsize": "constant",
               "learning_rate": 0.05, "persistence": -1, "seed": seed}
+    summary.setdefault("stop_reason", "num_updates")
     rows = [{"updates": 10 * i, "wall_time_s": t, "train_loss": loss}
             for i, (t, loss) in enumerate(zip(times, losses))]
     return Run(f"/nowhere/{seed}", config, summary, rows)
@@ -66,8 +67,51 @@ def test_not_reached_is_counted_and_left_out_of_the_mean():
     assert row["time_to_0.1_mean_s"] is None and row["time_to_0.1_std_s"] is None
     assert row["eval_loss_mean"] == pytest.approx(0.5) and row["eval_loss_std"] == pytest.approx(0.2)
     assert row["staleness_max"] == 5 and row["peak_rss_mb"] == 120.0
+    assert (row["not_reached_0.5"], row["not_reached_0.1"], row["diverged"]) == (1, 3, 0)
     table = aggregate.markdown([row], (0.5, 0.1))
-    assert "(2/3 reached)" in table and "0/3 reached" in table
+    cells = table.splitlines()[-1].split(" | ")
+    head = table.splitlines()[2].split(" | ")
+    assert cells[head.index("reached 0.5")] == "2" and cells[head.index("not reached 0.5")] == "1"
+    assert cells[head.index("time to 0.1 (s)")] == "—" and cells[head.index("not reached 0.1")] == "3"
+
+
+def test_diverged_runs_are_counted_and_left_out_of_every_statistic():
+    ok = [fake_run(s, [0, 1, 2], [1.0, 0.4, 0.2], eval_loss=0.3 + 0.1 * s, eval_accuracy=0.9,
+                   updates_per_s=2000.0 + 100 * s, staleness_max=3, stop_reason="num_updates")
+          for s in (0, 1)]
+    bad = fake_run(2, [0, 1], [1.0, float("nan")], eval_loss=None, eval_accuracy=0.09,
+                   updates_per_s=9000.0, staleness_max=50, stop_reason="diverged: non-finite loss")
+    row = aggregate.summarize_group(ok + [bad], targets=(0.5,))
+    assert row["seeds"] == 3 and row["diverged"] == 1
+    assert row["reached_0.5"] + row["not_reached_0.5"] + row["diverged"] == 3
+    assert row["eval_accuracy_mean"] == pytest.approx(0.9)          # not pulled down by 0.09
+    assert row["updates_per_s_mean"] == pytest.approx(2050.0)
+    assert row["staleness_max"] == 3                                  # maxima too
+    assert "diverged: non-finite loss" in row["stop_reasons"]
+
+
+def test_table_order_and_fixed_point_numbers_in_csv_and_markdown_from_the_same_rows(tmp_path):
+    runs = [fake_run(0, [0, 1], [1.0, 0.4], algorithm=a, threads=m, updates_per_s=2611.4,
+                     eval_accuracy=0.93125, eval_loss=0.23456)
+            for a in ("leashed", "hogwild", "sequential", "lock", "sync") for m in (2, 1)
+            if not (a == "sequential" and m == 2)]
+    rows = aggregate.write_tables(str(tmp_path), runs, targets=(0.5,))
+    order = [(r["algorithm"], r["threads"]) for r in rows]
+    assert order == [("sequential", 1), ("sync", 1), ("sync", 2), ("lock", 1), ("lock", 2),
+                     ("hogwild", 1), ("hogwild", 2), ("leashed", 1), ("leashed", 2)]
+    md = (tmp_path / "table.md").read_text().splitlines()
+    assert md[0].startswith("All rows: step size = constant, α = 0.05, persistence = -1, seeds = 1.")
+    head = md[2].split(" | ")
+    body = [line.split(" | ") for line in md[4:]]
+    assert [b[0].strip("| ") for b in body] == [a for a, _ in order]
+    first = body[0]
+    assert first[head.index("updates/s")] == "2611" and first[head.index("eval acc")] == "0.931"
+    assert first[head.index("eval loss")] == "0.2346" and "e+" not in "\n".join(md)
+    with open(tmp_path / "table.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [(r["algorithm"], int(r["threads"])) for r in csv_rows] == order
+    assert float(csv_rows[0]["updates_per_s_mean"]) == 2611.4   # full precision in the CSV
+    assert {"diverged", "reached_0.5", "not_reached_0.5"} <= set(csv_rows[0])
 
 
 def test_runs_group_by_configuration_and_persistence_only_for_leashed():
@@ -121,7 +165,7 @@ def assert_outputs(study_dir, seeds):
     assert len(rows) == 1 and rows[0]["algorithm"] == "sequential" and rows[0]["seeds"] == str(seeds)
     assert float(rows[0]["eval_accuracy_mean"]) > 0.5
     for name in plots.PLOTS:
-        for ext in ("png", "svg"):
+        for ext in plots.FORMATS:
             path = os.path.join(study_dir, "plots", f"{name}.{ext}")
             assert os.path.getsize(path) > 0, path
         image = matplotlib.image.imread(os.path.join(study_dir, "plots", f"{name}.png"))
@@ -171,28 +215,21 @@ def test_smoke_study_writes_table_and_plots_and_resumes(tmp_path):
         study.run_study(cfg)
 
 
-def test_plots_draw_the_asynchronous_figures_from_synthetic_runs(tmp_path):
-    """The staleness, CAS, live-buffer and α(τ) branches, without the C store."""
-    runs = []
-    for seed in (0, 1):
-        for algorithm in ("hogwild", "leashed"):
-            run = fake_run(seed, [0.0, 0.5, 1.0, 1.5], [2.0, 1.0, 0.6, 0.4], algorithm=algorithm,
-                           staleness_hist=[10, 30, 20, 5], staleness_max=3, cas_attempts_hist=[0, 50, 10, 5],
-                           alpha_table=[0.05, 0.04, 0.03, 0.02] if algorithm == "leashed" else [0.05],
-                           eval_loss=0.4, eval_accuracy=0.9, updates_per_s=100.0)
-            if algorithm == "leashed":
-                for i, row in enumerate(run.rows):
-                    row["live_buffers"] = 2 + i % 2
-            runs.append(run)
-    notes = []
-    paths = plots.plot_all(str(tmp_path), runs, targets=(0.5, 0.1), log=notes.append)
-    assert len(paths) == 2 * len(plots.PLOTS)
-    for path in paths:
-        assert os.path.getsize(path) > 0
-        if path.endswith(".png"):
-            assert matplotlib.image.imread(path).ndim == 3
-    svg = open(os.path.join(tmp_path, "plots", "cas_attempts.svg")).read()
-    assert "no leashed runs" not in svg and "leashed" in svg
+def test_default_study_dir_names_the_config_file_and_its_overrides():
+    assert study.default_study_dir("configs/study_digits.py", {}) == os.path.join("studies", "digits")
+    a = study.default_study_dir("configs/study_digits.py", {"base.num_updates": 1000})
+    b = study.default_study_dir("configs/study_digits.py", {"base.num_updates": 2000})
+    assert a.startswith(os.path.join("studies", "digits-")) and a != b
+    assert a == study.default_study_dir("configs/study_digits.py", {"base.num_updates": 1000})
+    # what does not change the results does not change the folder
+    assert study.default_study_dir("configs/study_digits.py", {"quiet": True}) == \
+        os.path.join("studies", "digits")
+    assert study.default_study_dir("x/study_mnist_mlp.py", {}) == os.path.join("studies", "mnist_mlp")
+
+
+@pytest.mark.parametrize("seconds, text", [(42.4, "42s"), (185, "3m05s"), (3720, "1h02m")])
+def test_duration(seconds, text):
+    assert study.duration(seconds) == text
 
 
 # -- the command line --------------------------------------------------------------
@@ -204,11 +241,26 @@ def run_cli(tmp_path, *flags):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
+def test_cli_names_the_study_folder_after_the_config_and_its_overrides(tmp_path):
+    flags = ["--config.algorithms=('sequential',)", "--config.stepsizes=('constant',)",
+             "--config.seeds=(0,)", "--config.base.num_updates=30", "--config.isolate=False"]
+    proc = subprocess.run([sys.executable, "-m", "asgd.study", "--config=configs/study_digits.py", *flags],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = os.listdir(tmp_path / "studies")
+    assert folder == os.path.basename(study.default_study_dir("study_digits.py", {
+        "algorithms": ("sequential",), "stepsizes": ("constant",), "seeds": (0,),
+        "base.num_updates": 30, "isolate": False}))
+    assert folder.startswith("digits-") and f"study: 1 runs in studies/{folder}" in proc.stdout
+    assert (tmp_path / "studies" / folder / "table.md").exists()
+
+
 def test_cli_runs_an_isolated_study(tmp_path):
     proc = run_cli(tmp_path, "--config.algorithms=('sequential',)", "--config.stepsizes=('constant',)",
                    "--config.seeds=(3,)", "--config.base.num_updates=100", "--config.base.log_every=10")
     assert proc.returncode == 0, proc.stderr
     assert "[1/1] sequential-m1-constant-lr0.05-s3: acc" in proc.stdout
+    assert f"study: 1 runs in {tmp_path}/study" in proc.stdout
     assert os.path.exists(tmp_path / "study" / "runs" / "sequential-m1-constant-lr0.05-s3" / "summary.json")
     assert "| sequential | 1 | constant |" in (tmp_path / "study" / "table.md").read_text()
 
@@ -223,18 +275,3 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(tmp_path, flag, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
-
-
-def test_staleness_plot_overlays_the_best_fitting_model():
-    """The pooled histogram of the seeds is drawn with its best fit's pmf over it."""
-    from asgd import staleness as st
-    runs = [fake_run(seed, [0, 1], [1.0, 0.5], staleness_hist=[5, 3, 1 + seed]) for seed in (0, 1)]
-    fig = plots.staleness(aggregate.group_runs(runs), log=print)
-    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
-    pooled = np.array([10, 6, 3])
-    bars = [patch.get_height() for patch in ax.patches]
-    np.testing.assert_allclose(bars, pooled / pooled.sum())
-    name, model, _ = st.best_fit(pooled)
-    (line,) = [line for line in ax.lines if line.get_label().startswith("best fit")]
-    assert line.get_label() == f"best fit: {name}"
-    np.testing.assert_allclose(line.get_ydata(), model.pmf(np.arange(3)))

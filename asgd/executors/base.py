@@ -280,10 +280,31 @@ class Monitor:
     def start(self) -> None:
         from tqdm import tqdm
         self.t0, self.t_end = time.perf_counter(), None
-        self.progress = tqdm(total=self.run.stop.num_updates or None, unit="upd", dynamic_ncols=True,
-                             disable=bool(self.run.quiet), mininterval=0.5, leave=False)
+        if self._done() is None:  # target_loss only: no total, a count of updates
+            self.progress = tqdm(unit="upd", dynamic_ncols=True, disable=bool(self.run.quiet),
+                                 mininterval=0.5, leave=False)
+        else:  # the share of the nearest limit, so tqdm's rate gives the ETA
+            self.progress = tqdm(total=1.0, dynamic_ncols=True, disable=bool(self.run.quiet),
+                                 mininterval=0.5, leave=False,
+                                 bar_format="{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self._emit(force_eval=True)
         self.t0 = time.perf_counter()  # the clock starts after the initial evaluation
+
+    def _done(self) -> float | None:
+        """Share of the run done: the largest share of num_updates, epochs and time budget.
+
+        Epochs count minibatches whose gradient was computed (sync: m per
+        update). None when only ``target_loss`` can stop the run.
+        """
+        stop = self.run.stop
+        shares = []
+        if stop.num_updates:
+            shares.append(self.tickets.applied / stop.num_updates)
+        if self.max_batches:
+            shares.append(sum(len(log.loss) for log in self.logs) / self.max_batches)
+        if stop.time_budget_s > 0:
+            shares.append(self._elapsed() / stop.time_budget_s)
+        return min(1.0, max(shares)) if shares else None
 
     def poll(self) -> None:
         elapsed = self._elapsed()
@@ -293,24 +314,31 @@ class Monitor:
         applied = self.tickets.applied
         if applied >= self.next_log or applied >= self.next_eval:
             self._emit(force_eval=False)
-        if self.progress is not None and applied > self.progress.n:
-            self.progress.update(applied - self.progress.n)  # redraws at most every 0.5 s
+        if self.progress is not None:
+            done = self._done()
+            done = applied if done is None else done
+            if done > self.progress.n:
+                self.progress.update(done - self.progress.n)  # redraws at most every 0.5 s
 
     def finish(self) -> None:
         self.t_end = time.perf_counter()  # the workers are done; the final eval is not timed
-        self._emit(force_eval=True)
+        final = self._emit(force_eval=True)
         if self.progress is not None:
             self.progress.close()
         self.writer.summary(self.summary())
         self.writer.step_times(self.logs)
+        self.writer.params(final)
 
     # -- events -------------------------------------------------------------
     def _elapsed(self) -> float:
         """Training wall time: from after the initial evaluation to the workers' end."""
         return (self.t_end or time.perf_counter()) - self.t0
 
-    def _emit(self, force_eval: bool) -> None:
-        """One metrics.jsonl event: train loss since the last one, maybe eval."""
+    def _emit(self, force_eval: bool) -> np.ndarray | None:
+        """One metrics.jsonl event: train loss since the last one, maybe eval.
+
+        Returns the evaluated parameters (None without an evaluation).
+        """
         applied = self.tickets.applied
         elapsed = 0.0 if applied == 0 and self.t_end is None else self._elapsed()
         losses = self._losses.fresh()
@@ -325,6 +353,7 @@ class Monitor:
                 self.tickets.stop(f"diverged: non-finite training loss by update {applied}")
             elif target > 0 and train_loss <= target:
                 self.tickets.stop("target_loss")
+        snapshot = None
         if force_eval or applied >= self.next_eval:
             snapshot = self.store.read_copy()
             if not np.isfinite(snapshot).all():
@@ -340,8 +369,9 @@ class Monitor:
         self.next_log = applied + max(1, self.run.log_every)
         self.writer.log(record)
         if self.progress is not None and "train_loss" in record:
-            self.progress.set_postfix(loss=f"{record['train_loss']:.4f}",
+            self.progress.set_postfix(upd=applied, loss=f"{record['train_loss']:.4f}",
                                       upd_s=f"{applied / max(elapsed, 1e-9):.0f}", refresh=False)
+        return snapshot
 
     # -- summary ------------------------------------------------------------
     def summary(self) -> dict:
@@ -371,6 +401,7 @@ class Monitor:
             "cas_failures": int(stats.get("cas_failures", 0)),
             "dropped_updates": sum(log.dropped for log in self.logs),
             "peak_live_buffers": stats.get("peak_live"),
+            "live_buffers_hist": stats.get("live_hist"),
             "buffers_allocated": stats.get("allocated"),
             "peak_rss_mb": metrics.peak_rss_mb(),
             "mean_compute_s": float(compute.mean()) if compute.size else None,
