@@ -290,13 +290,17 @@ static void peak_raise(pstore *s, int64_t v) {
  * (both are incremented here, once per applied update, never elsewhere).
  * Relaxed, like every counter: the sampled value is the count some moment
  * after this thread's publish saw it (other threads may take or return
- * buffers meanwhile); live never exceeds max_buffers for long (take_buffer
- * undoes its increment when the cap is hit), and the index is clamped. */
+ * buffers meanwhile). live also counts takers that have not got a buffer yet
+ * (see take_buffer), so it can briefly exceed the buffers that exist; the
+ * sample is clamped to the allocated count, which bounds the buffers out of
+ * the pool and only grows to peak_live (invariant P), so every bin lies in
+ * 0..peak_live. */
 static void count_publish(pstore *s) {
     cnt_add(&s->applied, 1);
     int64_t l = atomic_load_explicit(&s->live, memory_order_relaxed);
+    int64_t allocated = atomic_load_explicit(&s->nalloc, memory_order_relaxed);
     if (l < 0) l = 0;
-    if (l > s->max_buffers) l = s->max_buffers;
+    if (l > allocated) l = allocated;
     cnt_add(&s->live_hist[l], 1);
 }
 
