@@ -2,7 +2,7 @@
 (prints a table; not a test).
 
     python bench/throughput.py [--batches 16,32,128,512] [--threads 1,2] [--seconds 2]
-                               [--rounds 5] [--cpus auto|all|N]
+                               [--rounds 5] [--cpus auto|all|N] [--gil yes|no]
 
 Setup: the study's MLP 784-128-128-128-10 on MNIST (../shared/data/mnist, the
 10k test split held out 80/20; digits if absent), alpha = 0.01. For each batch
@@ -17,15 +17,13 @@ size b and thread count m, interleaved per round, in one process:
   with a time budget of --seconds, no evaluation during the run;
 
 and prints medians over --rounds of steps/s (applied updates/s) and the ratio
-to the ceiling of the same round. The GIL-held time per step is measured for
-m = 1 with a canary: a pure-Python thread counting loop iterations, whose
-rate during the run is compared with its rate alone (on 2 cores at m = 1 the
-canary has a core of its own, so what it loses is time the GIL was held by
-others); GIL us/step = (1 - rate_during / rate_alone) * wall / steps. It
-counts every holder (worker threads and the monitor), so it is an upper
-bound of the workers' own share. For the compiled loop, "Python us/step" is
-the workers' own wall time outside the compiled loop per step (the most they
-can hold the GIL). Peak RSS of each process is printed last.
+to the ceiling of the same round. Peak RSS of each process is printed last.
+
+The GIL-held time per step is measured at m = 1 in a process of its own on
+two CPUs (see ``gil_cell``): the run on the first, a pure-Python probe
+thread on the second, whose time off its CPU is time others held the GIL.
+It counts every holder (the worker and the monitor thread) and the
+hand-offs, so it is an upper bound of the worker's own share.
 
 ``--cpus``: pin the process before JAX starts: ``auto`` = m CPUs (one core
 per worker; XLA sizes its intra-op pool from the allowed CPUs, and at m = 1
@@ -37,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -57,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=2.0, help="length of each measurement (default 2)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported (default 5)")
     p.add_argument("--cpus", default="auto", help="auto (= m), all, or a number (default auto)")
+    p.add_argument("--gil", default="yes", choices=("yes", "no"),
+                   help="also measure the GIL time per step (needs 2 CPUs; default yes)")
     p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # internal: one m in this process
+    p.add_argument("--probe-cpu", default=None, help=argparse.SUPPRESS)  # internal: the GIL cell
     return p.parse_args(argv)
 
 
@@ -117,31 +119,67 @@ def ceiling_rate(problem, batch: int, m: int, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - began)
 
 
-class Canary:
-    """A pure-Python thread counting iterations: its rate falls while others hold the GIL."""
+GIL_ALGORITHMS = ("lock", "hogwild", "leashed")
 
-    def __init__(self):
-        self.count, self.running = 0, False
 
-    def _spin(self):
-        n = 0
-        while self.running:
-            n += 1
-            if n & 1023 == 0:
-                self.count = n
-        self.count = n
+def gil_cell(args) -> list[dict]:
+    """GIL-held time at m = 1: this process runs on one CPU, a probe thread
+    (``asgd.dynamics.calibrate.GilProbe``) on another.
 
-    def rate(self, during) -> tuple[float, float]:
-        """(iterations/s, wall s) while ``during()`` runs."""
-        self.count, self.running = 0, True
-        thread = threading.Thread(target=self._spin)
-        began = time.perf_counter()
-        thread.start()
-        during()
-        self.running = False
-        thread.join()
-        wall = time.perf_counter() - began
-        return self.count / wall, wall
+    The probe runs pure Python all the time, so the wall time it spends off
+    its CPU is time some other thread held the GIL (plus the hand-offs).
+    Per step = (probe's loss in a run of N updates - in a run of N/4) /
+    (3N/4): the difference removes start-up and compilation; it counts every
+    holder, the worker and the monitor thread (which polls every 10 ms, so
+    its share is per second, not per step), hence also the share of the
+    run's wall time the GIL was held. For the compiled loop, the worker's own
+    share is its wall time outside the loop, differenced the same way. The
+    switch interval is 0.2 ms while probing, so that a thread waits at most
+    that long for the GIL.
+    """
+    from asgd.dynamics.calibrate import GilProbe
+    from asgd.run import execute, parse, problem_of
+    probe_cpu = int(args.probe_cpu)
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for batch in map(int, args.batches.split(",")):
+            cfg = base_config(batch, 1.0, workdir)
+            problem = problem_of(cfg)
+            long = max(400, 120_000 // batch)
+            short = long // 4
+            keys = [(a, w, n) for a in GIL_ALGORITHMS for w in ("compiled", "python")
+                    for n in (short, long)]
+            lost, share, outside = ({k: [] for k in keys} for _ in range(3))
+            switch = sys.getswitchinterval()
+            for _ in range(args.rounds + 1):  # the first round warms up (compilation)
+                for key in keys:
+                    algorithm, worker, n = key
+                    cfg.algorithm, cfg.threads, cfg.worker = algorithm, 1, worker
+                    cfg.num_updates, cfg.time_budget_s = n, 0.0
+                    specs = parse(cfg)
+                    sys.setswitchinterval(2e-4)
+                    try:
+                        with GilProbe(probe_cpu) as probe:
+                            summary = execute(specs, cfg.to_dict(), None, problem)
+                    finally:
+                        sys.setswitchinterval(switch)
+                    lost[key].append(probe.lost)
+                    share[key].append(probe.lost / probe.wall)
+                    outside[key].append(sum(summary.get("worker_python_s", [math.nan])))
+
+            def per_step(values, algorithm, worker):
+                held = (statistics.median(values[(algorithm, worker, long)][1:])
+                        - statistics.median(values[(algorithm, worker, short)][1:]))
+                return max(held, 0.0) * 1e6 / (long - short)
+            for algorithm in GIL_ALGORITHMS:
+                for worker in ("compiled", "python"):
+                    row = {"b": batch, "variant": f"{algorithm}/{worker}",
+                           "gil_us_per_step": per_step(lost, algorithm, worker),
+                           "gil_share": statistics.median(share[(algorithm, worker, long)][1:])}
+                    if worker == "compiled":
+                        row["worker_gil_us_per_step"] = per_step(outside, algorithm, worker)
+                    rows.append(row)
+    return rows
 
 
 def cell(args) -> list[dict]:
@@ -156,9 +194,7 @@ def cell(args) -> list[dict]:
             variants = [(a, w) for a in ALGORITHMS if a != "sequential" or m == 1
                         for w in ("compiled", "python")]
             results = {v: [] for v in ["ceiling", *variants]}
-            gil = {w: [] for w in ("compiled", "python")}
             outside = {v: [] for v in variants}
-            canary = Canary()
             for _ in range(args.rounds):
                 results["ceiling"].append(ceiling_rate(problem, batch, m, args.seconds))
                 for algorithm, worker in variants:
@@ -168,13 +204,7 @@ def cell(args) -> list[dict]:
 
                     def go():
                         summary.update(execute(specs, cfg.to_dict(), None, problem))
-                    if m == 1 and algorithm == "leashed":
-                        alone, _ = canary.rate(lambda: time.sleep(1.0))
-                        during, wall = canary.rate(go)
-                        held = max(0.0, 1.0 - during / alone) * summary["wall_time_s"]
-                        gil[worker].append(1e6 * held / max(summary["updates"], 1))
-                    else:
-                        go()
+                    go()
                     results[(algorithm, worker)].append(summary["updates_per_s"])
                     if "worker_python_s" in summary:
                         outside[(algorithm, worker)].append(
@@ -185,8 +215,6 @@ def cell(args) -> list[dict]:
                        "steps_per_s": statistics.median(rates),
                        "ratio": statistics.median(r / c for r, c in zip(rates, results["ceiling"])),
                        "ceiling": ceiling}
-                if key != "ceiling" and key[0] == "leashed" and gil[key[1]]:
-                    row["gil_us_per_step"] = statistics.median(gil[key[1]])
                 if key != "ceiling" and outside[key]:
                     row["python_us_per_step"] = statistics.median(outside[key])
                 rows.append(row)
@@ -197,6 +225,9 @@ def cell(args) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.cell == "gil":
+        print(json.dumps(gil_cell(args)))
+        return 0
     if args.cell is not None:
         print(json.dumps(cell(args)))
         return 0
@@ -217,14 +248,39 @@ def main(argv=None) -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return 1
         rows += json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"m={m} measured; load average {os.getloadavg()[0]:.2f}", flush=True)
+    allowed = sorted(os.sched_getaffinity(0))
+    gil = {}
+    if args.gil == "yes" and len(allowed) >= 2:
+        # taskset pins the process (and JAX's pool) to one CPU; the probe thread
+        # moves itself to the second.
+        forwarded = sys.argv[1:] if argv is None else list(argv)
+        out = subprocess.run(["taskset", "-c", str(allowed[0]), sys.executable, __file__,
+                              *forwarded, "--cell=gil", f"--probe-cpu={allowed[1]}"],
+                             capture_output=True, text=True, cwd=REPO)
+        if out.returncode:
+            print(out.stderr[-3000:], file=sys.stderr)
+            return 1
+        gil = {(r["b"], r["variant"]): r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+    elif args.gil == "yes":
+        print("GIL time not measured: it needs 2 CPUs", flush=True)
+    for r in rows:
+        if r.get("m") == 1 and (r.get("b"), r.get("variant")) in gil:
+            r.update({k: v for k, v in gil[(r["b"], r["variant"])].items() if k.startswith("gil")
+                      or k.startswith("worker")})
     print(f"{'b':>4} {'m':>2}  {'variant':<22} {'steps/s':>9} {'/ ceiling':>9} "
-          f"{'GIL us/step':>11} {'Python us/step':>14}")
+          f"{'GIL us/step':>11} {'GIL share':>9} {'worker GIL us/step':>18}")
+    print("     (GIL columns: m = 1 only; us/step and share count every holder, the monitor"
+          " included; the worker's own column is the compiled worker's time outside the loop)")
+
+    def cell_text(r, key, fmt):
+        return format(r[key], fmt) if key in r else ""
     for r in rows:
         if "variant" in r:
-            gil = f"{r['gil_us_per_step']:.2f}" if "gil_us_per_step" in r else ""
-            py = f"{r['python_us_per_step']:.3f}" if "python_us_per_step" in r else ""
             print(f"{r['b']:>4} {r['m']:>2}  {r['variant']:<22} {r['steps_per_s']:>9.0f} "
-                  f"{r['ratio']:>9.2f} {gil:>11} {py:>14}")
+                  f"{r['ratio']:>9.2f} {cell_text(r, 'gil_us_per_step', '.1f'):>11} "
+                  f"{cell_text(r, 'gil_share', '.3f'):>9} "
+                  f"{cell_text(r, 'worker_gil_us_per_step', '.2f'):>18}")
         else:
             print(f"peak RSS (m={r['m']} process): {r['peak_rss_mb']:.0f} MB")
     load = os.getloadavg()
