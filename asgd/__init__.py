@@ -19,3 +19,4 @@ One module per concept (see the README's layout section):
 """
 
 __version__ = "0.1.0"
+

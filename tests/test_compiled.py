@@ -63,3 +63,17 @@ def test_non_finite_loss_stops_the_compiled_loop(config, train):
     summary = train(configure(config, "hogwild", 2, learning_rate=1e6, num_updates=3000))
     assert summary["stop_reason"].startswith("diverged")
     assert summary["updates"] < 3000
+
+
+@pytest.mark.parametrize("algorithm", ["lock", "leashed"])
+def test_more_workers_than_cpus_all_run(config, train, algorithm):
+    """Oversubscribed: every worker thread takes part, as the kernel time-slices
+    them. (XLA's asynchronous CPU dispatch would run each compiled loop on a
+    pool thread of its own, one per CPU, and the workers beyond it would wait
+    for the whole run.)"""
+    import os
+    threads = len(os.sched_getaffinity(0)) + 2
+    summary = train(configure(config, algorithm, threads, num_updates=1500, cpus=0))
+    per_worker = [sum(h) for h in summary["staleness_hist_per_worker"]]
+    assert len(per_worker) == threads and min(per_worker) > 0, per_worker
+    assert sum(per_worker) == 1500

@@ -465,7 +465,12 @@ def cmd_predict(args) -> None:
     from asgd.run import ConfigError, parse, restrict_cpus
     cfg = load_train_config(args.config, args.set or [])
     try:
-        restrict_cpus(parse(cfg).cpus)  # before JAX starts: the validation runs use these CPUs
+        # Before JAX starts: the validation runs (every m, in this process) use
+        # these CPUs. cpus = -1 (one per worker) cannot follow m in one
+        # process, so it means every allowed CPU here, as in the calibration.
+        cpus = parse(cfg).cpus
+        if cpus > 0:
+            restrict_cpus(cpus)
     except ConfigError as err:
         raise UsageError(str(err)) from None
     for name, values, low in (("--threads", args.threads, 1), ("--cores", args.cores, 1),
