@@ -541,9 +541,23 @@ def alpha_tau(series: Sequence[Series]) -> Figure | None:
             parts = []
             for stepsize in dict.fromkeys(s.key[2] for s in members):
                 text = str(stepsize)
+                mine = [s for s in members if s.key[2] == stepsize]
                 if len(stepsize_curves[stepsize]) > 1:
-                    text += " m=" + ",".join(str(m) for m in sorted({s.m for s in members
-                                                                    if s.key[2] == stepsize}))
+                    # an adaptive rule ended with several curves: say whose this is
+                    ms = sorted({s.m for s in mine})
+                    same_m_elsewhere = any(s.key[2] == stepsize and s.m in ms and s not in mine
+                                           for s in series)
+                    if same_m_elsewhere:  # algorithms grouped by the m they ran with
+                        by_algorithm: dict[str, list] = {}
+                        for s in mine:
+                            by_algorithm.setdefault(s.key[0], []).append(s.m)
+                        groups: dict[tuple, list] = {}
+                        for algorithm, its_ms in by_algorithm.items():
+                            groups.setdefault(tuple(sorted(set(its_ms))), []).append(algorithm)
+                        text += " " + ", ".join("/".join(names) + " m=" + ",".join(map(str, g))
+                                                for g, names in groups.items())
+                    else:
+                        text += " m=" + ",".join(map(str, ms))
                 parts.append(text)
             values = np.asarray(table, np.float64)[np.minimum(taus, len(table) - 1)]
             first = members[0].key[2]

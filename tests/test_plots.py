@@ -198,6 +198,20 @@ def test_alpha_tau_labels_a_shared_curve_by_every_rule_that_ended_with_it():
     assert_legends_outside(fig)
 
 
+def test_alpha_tau_names_the_algorithm_when_one_rule_ends_differently_at_the_same_m():
+    flat = [0.05] * 4
+    runs = [fake_run(0, [1.0], "lock", 1, "mindthestep", alpha_table=flat),
+            fake_run(0, [1.0], "sync", 2, "mindthestep", alpha_table=flat),
+            fake_run(0, [1.0], "lock", 2, "mindthestep", alpha_table=[0.08, 0.05, 0.02, 0.02],
+                     staleness_max=3),
+            fake_run(0, [1.0], "leashed", 2, "mindthestep", alpha_table=[0.08, 0.04, 0.01, 0.01],
+                     staleness_max=3)]
+    (ax,) = visible_axes(plots.alpha_tau(series_of(runs)))
+    labels = [line.get_label() for line in ax.lines if not line.get_label().startswith("_")]
+    assert labels == ["mindthestep sync m=2, lock m=1", "mindthestep lock m=2",
+                      "mindthestep leashed m=2"]
+
+
 # -- writing ------------------------------------------------------------------------------------
 
 def test_plot_all_writes_every_figure_as_png_svg_and_pdf(tmp_path):
