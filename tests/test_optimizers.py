@@ -115,3 +115,18 @@ def test_optimizer_fields_are_checked(config):
     assert parse(cfg).stepsize.alpha == 0.02   # the step-size rule scales the optimizer's rate
     with pytest.raises(ConfigError, match="compiled worker loop"):
         parse(configure(config, "leashed", 2, optimizer="adam", worker="python"))
+
+
+def test_lock_with_a_stateful_optimizer_refuses_more_workers_than_cpus(config):
+    """lock holds its writer lock while XLA computes the step; with more workers
+    than XLA's CPU threads the waiting workers could occupy them all (a deadlock)."""
+    import os
+    cpus = len(os.sched_getaffinity(0))
+    config.optimizer, config.algorithm, config.cpus = "momentum", "lock", 0
+    config.threads = cpus + 1
+    with pytest.raises(ConfigError, match="needs threads <= CPUs"):
+        parse(config)
+    config.threads = cpus
+    parse(config)
+    config.algorithm, config.threads = "leashed", cpus + 1   # never waits: allowed
+    parse(config)
