@@ -117,16 +117,18 @@ def test_optimizer_fields_are_checked(config):
         parse(configure(config, "leashed", 2, optimizer="adam", worker="python"))
 
 
-def test_lock_with_a_stateful_optimizer_refuses_more_workers_than_cpus(config):
-    """lock holds its writer lock while XLA computes the step; with more workers
-    than XLA's CPU threads the waiting workers could occupy them all (a deadlock)."""
+@pytest.mark.parametrize("algorithm", ["lock", "hogwild"])
+def test_lock_and_hogwild_with_a_stateful_optimizer_refuse_more_workers_than_cpus(config, algorithm):
+    """With more workers than XLA's CPU threads a worker's step can wait on them:
+    lock would deadlock (it holds the writer lock meanwhile), hogwild would roll
+    back every update since its begin with its whole-vector commit."""
     import os
     cpus = len(os.sched_getaffinity(0))
-    config.optimizer, config.algorithm, config.cpus = "momentum", "lock", 0
+    config.optimizer, config.algorithm, config.cpus = "momentum", algorithm, 0
     config.threads = cpus + 1
     with pytest.raises(ConfigError, match="needs threads <= CPUs"):
         parse(config)
     config.threads = cpus
     parse(config)
-    config.algorithm, config.threads = "leashed", cpus + 1   # never waits: allowed
+    config.algorithm, config.threads = "leashed", cpus + 1   # recomputes on a moved version
     parse(config)
