@@ -165,7 +165,7 @@ def test_bad_input_gives_one_line_errors(config, monkeypatch):
     with pytest.raises(ConfigError, match=r"ray_servers must be in 1\.\.64, got 65"):
         parse(on_ray(config, "leashed", ray_servers=65))
     with pytest.raises(ConfigError, match=r"ray_pulls_in_flight must be in 1\.\.8, got 9"):
-        parse(on_ray(config, "leashed", ray_pulls_in_flight=9))
+        parse(on_ray(config, "leashed", ray_servers=1, ray_pulls_in_flight=9))
     import importlib.util
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
