@@ -166,6 +166,7 @@ def test_bad_input_gives_one_line_errors(config, monkeypatch):
         parse(on_ray(config, "leashed", ray_servers=65))
     with pytest.raises(ConfigError, match=r"ray_pulls_in_flight must be in 1\.\.8, got 9"):
         parse(on_ray(config, "leashed", ray_servers=1, ray_pulls_in_flight=9))
+    config.ray_pulls_in_flight = 1
     import importlib.util
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
