@@ -169,20 +169,22 @@ class ParameterServer:
 
     def push(self, k: int, incarnation: int, ticket: int, t_read: int, loss: float,
              read_s: float, compute_s: float, grad: np.ndarray,
-             *others: tuple[UpdateResult, float]) -> int | None:
-        """Worker k's gradient of ``ticket`` (primary only); returns its next ticket, None to stop.
+             *others: tuple[UpdateResult, float]) -> tuple[int | None, int, list]:
+        """Worker k's gradient of ``ticket`` (primary only).
 
         ``grad``: the primary's piece, computed on its version ``t_read``;
         ``others``: what shards 1..S-1 did with theirs (Ray resolves both
-        references before this runs).
+        references before this runs). Returns (the worker's next ticket or
+        None to stop, and, as a pull riding on the reply, this shard's
+        latest version and [its ref]).
         """
         with self.worker_locks[k]:
             if incarnation != self.incarnation[k] or ticket not in self.outstanding[k]:
-                return None  # from an incarnation declared lost
+                return None, -1, []  # from an incarnation declared lost
             self.outstanding[k].discard(ticket)
             log = self.logs[k]
             if not log.gradient(self.tickets, loss, read_s, compute_s):
-                return None
+                return None, -1, []
             result, update_s = self.apply(grad, t_read)
             if others:  # the update as a whole: applied on every shard, its largest tau_s
                 results = [result, *(r for r, _ in others)]
@@ -190,7 +192,8 @@ class ParameterServer:
                                          staleness=max(r.staleness for r in results))
                 update_s += sum(s for _, s in others)
             log.update(self.tickets, result, update_s)
-            return self._take(k)
+            following = self._take(k)
+        return (following, *self.pull())
 
     # -- the workers' calls: sync ------------------------------------------
     def join_round(self, k: int, incarnation: int):

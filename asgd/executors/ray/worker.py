@@ -24,10 +24,15 @@ import numpy as np
 
 
 class Pulls:
-    """The freshest version of every shard this worker has, with at most ``k`` pulls in flight per shard."""
+    """The freshest version of every shard this worker has, with at most ``k`` pulls in flight per shard.
+
+    On the primary (shard 0) one of the k is the pull that rides on the
+    reply of the push in flight (``offer``), so k = 1 makes no extra call.
+    """
 
     def __init__(self, servers: list, k: int):
-        self.servers, self.k = servers, k
+        self.servers = servers
+        self.k = [k - 1] + [k] * (len(servers) - 1)  # explicit pulls kept in flight per shard
         self.in_flight = [collections.deque() for _ in servers]
         self.latest: list[tuple[int, object]] = [(-1, None)] * len(servers)  # (version, ref)
         self.cached: tuple[list, np.ndarray | None] = ([], None)  # (refs, the vector they make)
@@ -45,8 +50,17 @@ class Pulls:
                 version, (ref,) = ray.get(queue.popleft())
                 if version > self.latest[s][0]:
                     self.latest[s] = (version, ref)
-            while len(queue) < self.k:
+            while len(queue) < self.k[s]:
                 queue.append(self.servers[s].pull.remote())
+        return self._joined()
+
+    def offer(self, s: int, version: int, refs: list) -> None:
+        """A version of shard s that arrived another way (a push's reply)."""
+        if refs and version > self.latest[s][0]:
+            self.latest[s] = (version, refs[0])
+
+    def _joined(self) -> tuple[np.ndarray, list[int]]:
+        import ray
         refs = [ref for _, ref in self.latest]
         if refs != self.cached[0]:
             parts = ray.get(refs)  # zero-copy views of the node's object store
@@ -105,16 +119,19 @@ class Worker:
             self.batches = Batches(ray.get(train_ref[0]), self.batch_size, self.seed)
         return self._rounds(incarnation) if self.sync else self._overlapped(incarnation)
 
-    def _gradient(self, params: np.ndarray, ticket: int) -> tuple[float, list]:
-        """(loss, one object ref per shard's piece of the gradient) of minibatch ``ticket``."""
+    def _gradient(self, params: np.ndarray, ticket: int) -> tuple[float, np.ndarray]:
+        """(loss, flat gradient) of minibatch ``ticket``."""
         import jax
-        import ray
         x, y = self.batches.get(ticket)
         loss, grads = self.grad_fn(params, x, y)
         leaves = jax.block_until_ready(jax.tree.leaves(grads))
-        grad = np.concatenate([np.asarray(leaf).reshape(-1) for leaf in leaves])
+        return float(loss), np.concatenate([np.asarray(leaf).reshape(-1) for leaf in leaves])
+
+    def _pieces(self, grad: np.ndarray) -> list:
+        """One object ref per shard's piece of the gradient, each put once."""
+        import ray
         b = self.bounds
-        return float(loss), [ray.put(grad[b[s]:b[s + 1]]) for s in range(len(b) - 1)]
+        return [ray.put(grad[b[s]:b[s + 1]]) for s in range(len(b) - 1)]
 
     def _overlapped(self, incarnation: int) -> int:
         """Asynchronous: compute ticket i+1 while the push of ticket i is in flight.
@@ -134,11 +151,13 @@ class Worker:
                     began = clock()
                     params, versions = pulls.freshest()
                     pulled = clock()
-                    loss, pieces = self._gradient(params, ticket)
+                    loss, grad = self._gradient(params, ticket)
                     computed = clock()
                     del params
-                if push is not None:  # the previous push's reply: the next ticket
-                    following, push = ray.get(push), None
+                    pieces = self._pieces(grad)
+                if push is not None:  # the previous push's reply: the next ticket, a fresh version
+                    (following, version, refs), push = ray.get(push), None
+                    pulls.offer(0, version, refs)
                     if following is not None:
                         queue.append(following)
                 if ticket is not None:
@@ -160,9 +179,10 @@ class Worker:
             parts = ray.get([share[2][0] for share in shares])  # zero-copy
             params = parts[0] if len(parts) == 1 else np.concatenate(parts)
             pulled = clock()
-            loss, pieces = self._gradient(params, batch)
+            loss, grad = self._gradient(params, batch)
             computed = clock()
             del params, parts
+            pieces = self._pieces(grad)
             shares = ray.get([s.exchange.remote(self.k, incarnation, batch, loss, pulled - began,
                                                 computed - pulled, piece)
                               for s, piece in zip(self.servers, pieces)])
