@@ -30,7 +30,10 @@ def on_ray(config, algorithm, **fields):
     return config
 
 
-@pytest.mark.parametrize("algorithm,servers", [("leashed", 1), ("sync", 1), ("leashed", 2), ("sync", 2)])
+@pytest.mark.parametrize("algorithm,servers", [
+    ("leashed", 1), ("sync", 1),
+    # two shards: 20-30 s each on 2 cores (twice the actors and calls)
+    pytest.param("leashed", 2, marks=pytest.mark.slow), pytest.param("sync", 2, marks=pytest.mark.slow)])
 def test_two_workers_train_digits_to_90_percent(config, algorithm, servers):
     summary = train(on_ray(config, algorithm, num_updates=1500, ray_servers=servers))
     assert summary["backend"] == "ray" and summary["ray_servers"] == servers
