@@ -4,7 +4,7 @@ Asynchronous algorithms never wait on the network while there is work: the
 worker holds two tickets, computes the gradient of one while the push of
 the previous one is in flight, and computes on the freshest version it
 already has, which ``Pulls`` keeps refreshing with at most k pulls in flight
-per shard. The version each gradient was computed on travels with its push,
+per shard (on the primary, one rides on the push's reply). The version each gradient was computed on travels with its push,
 so the server measures staleness exactly. Sync waits for each round (every
 gradient of a round must read the same version).
 
