@@ -49,7 +49,10 @@ def worker_node_ids(cluster, nodes):
     return {node.node_id for node in nodes}
 
 
-@pytest.mark.parametrize("algorithm", ["leashed", "lock", "hogwild", "sync"])
+@pytest.mark.parametrize("algorithm", [
+    "leashed", "sync",
+    # the other two store modes: the same placement, left to the slow run (CI runs it)
+    pytest.param("lock", marks=pytest.mark.slow), pytest.param("hogwild", marks=pytest.mark.slow)])
 def test_workers_run_on_two_nodes_that_are_not_the_drivers(cluster, config, algorithm):
     cluster, nodes = cluster
     summary = train(on_cluster(config, algorithm, num_updates=300))
@@ -86,11 +89,11 @@ def test_a_removed_node_loses_its_worker_and_the_run_still_applies_exactly_num_u
 
     remover = threading.Thread(target=remove_a_node_mid_run)
     remover.start()
-    summary = train(on_cluster(config, "leashed", num_updates=3000, log_every=20), run_dir=run_dir)
+    summary = train(on_cluster(config, "leashed", num_updates=1500, log_every=20), run_dir=run_dir)
     remover.join()
-    assert removed and removed[0] < 3000, "the node was not removed mid-run"
-    assert summary["updates"] == 3000 and summary["stop_reason"] == "num_updates"
-    assert sum(summary["staleness_hist"]) == 3000
+    assert removed and removed[0] < 1500, "the node was not removed mid-run"
+    assert summary["updates"] == 1500 and summary["stop_reason"] == "num_updates"
+    assert sum(summary["staleness_hist"]) == 1500
     # The dead worker's tickets (computing, being pushed) were released, counted, and re-taken.
     assert summary["worker_restarts"] == 1
     assert 1 <= summary["lost_gradients"] <= TICKETS_HELD
