@@ -22,6 +22,8 @@ from asgd.specs import (DataSpec, ExecutorSpec, ModelSpec, OptimizerSpec, RaySpe
 
 FLOAT32_MAX = 3.4028234663852886e38
 DEFAULT_THREADS = 2  # threads = 0: this many workers (sequential: 1)
+MAX_RAY_SERVERS = 64  # ray_servers: parameter-server shards
+MAX_PULLS_IN_FLIGHT = 8  # ray_pulls_in_flight
 # Algorithms whose updates all have staleness 0 (sync applies one update per
 # round, computed on the round's version).
 STALENESS_FREE = ("sequential", "sync")
@@ -273,8 +275,14 @@ def _ray_spec(cfg) -> RaySpec:
         raise ConfigError(f"ray_worker_cpus must be >= 0, got {cfg.ray_worker_cpus}")
     if cfg.ray_max_restarts < -1:
         raise ConfigError(f"ray_max_restarts must be -1 (unlimited) or >= 0, got {cfg.ray_max_restarts}")
+    servers = _integer("ray_servers", cfg.ray_servers, 1)
+    if servers > MAX_RAY_SERVERS:
+        raise ConfigError(f"ray_servers must be in 1..{MAX_RAY_SERVERS}, got {servers}")
+    pulls = _integer("ray_pulls_in_flight", cfg.ray_pulls_in_flight, 1)
+    if pulls > MAX_PULLS_IN_FLIGHT:
+        raise ConfigError(f"ray_pulls_in_flight must be in 1..{MAX_PULLS_IN_FLIGHT}, got {pulls}")
     return RaySpec(cfg.ray_address, float(cfg.ray_connect_timeout_s), float(cfg.ray_worker_cpus),
-                   int(cfg.ray_max_restarts))
+                   int(cfg.ray_max_restarts), servers, pulls)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -82,6 +82,8 @@ class RaySpec:
     connect_timeout_s: float
     worker_cpus: float
     max_restarts: int
+    servers: int = 1          # S: parameter-server shards, each a contiguous slice of the flat vector
+    pulls_in_flight: int = 1  # k: asynchronous pulls a worker keeps in flight while it computes
 
 
 @dataclasses.dataclass(frozen=True)

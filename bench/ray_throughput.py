@@ -1,145 +1,173 @@
-"""Ray backend vs the shared-memory executor on one machine (prints figures; not a test).
+"""Ray backend vs the shared-memory executor, on one Ray node and on a simulated 2-node cluster.
 
-    python bench/ray_throughput.py [--batches 16,128,1024] [--seconds 5] [--threads 2]
-                                   [--algorithm leashed] [--round-trips 500]
+    python bench/ray_throughput.py [--batches 16,128,1024] [--servers 1,2] [--seconds 4]
+                                   [--reps 3] [--threads 2] [--algorithm leashed] [--calls 500]
 
-1. Updates/s of ``train()`` with ``backend=local`` and ``backend=ray`` on the
-   digits MLP (configs/default.py), the same algorithm, m and batch size, each
-   run for ``--seconds`` of wall clock after compilation (eval only at the
-   start and the end). "compute" is the mean gradient time per update as
-   the workers measured it; "ray/local" the throughput ratio.
-2. The per-update overhead of the actor round trip, without any gradient:
-   one client actor loops ``exchange`` (push a zero gradient of d floats,
-   the server applies it, takes a ticket, puts the new version) and
-   ``ray.get`` of the parameters it is handed, against the same
-   ``store.update`` + ``acquire`` on a local store. The difference is what
-   each update costs on Ray beyond the shared-memory path.
+Prints figures, not pass/fail. Each repetition runs, for every batch size,
+``train()`` on the digits MLP (configs/default.py) for ``--seconds`` of wall
+clock after compilation (eval only at the start and the end) with
 
-Ray is started once, locally, with as many CPUs as the machine has.
+  local     threads over shared memory (``backend=local``)
+  ray S     ``backend=ray`` with ``ray_servers=S`` on one local Ray node
+  2-node S  the same on a ``ray.cluster_utils.Cluster`` on this host: a head
+            node with no CPU (the driver and the servers) and two 1-CPU
+            worker nodes (one worker actor on each)
+
+local and the ray variants alternate within a repetition; the two Ray
+setups alternate in order between repetitions. Figures are medians over the
+repetitions. "overhead" is the per-update time of one worker beyond its
+gradient: m / (updates/s) minus the mean gradient time. "floor" is Ray's
+own: the round trip of an empty call from one actor to a threaded actor
+(like a worker's call to a server), on each setup. ``os.getloadavg()`` is
+printed before and after.
 """
 import argparse
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 
 
-def base_config(workdir: str, algorithm: str, threads: int, seconds: float):
+def base_config(workdir: str, args, batch: int):
     from asgd.configs import default
     cfg = default.get_config()
-    cfg.algorithm, cfg.threads, cfg.workdir, cfg.quiet = algorithm, threads, workdir, True
-    cfg.num_updates, cfg.time_budget_s = 0, seconds
+    cfg.algorithm, cfg.threads, cfg.workdir, cfg.quiet = args.algorithm, args.threads, workdir, True
+    cfg.num_updates, cfg.time_budget_s, cfg.batch_size = 0, args.seconds, batch
     cfg.eval_every, cfg.log_every = 10 ** 9, 200
     return cfg
 
 
-def throughput(args, workdir: str) -> list[dict]:
+def measure(cfg, m: int) -> dict:
     from asgd.run import train
-    rows = []
-    for batch in args.batches:
-        row = {"batch": batch}
-        for backend in ("local", "ray"):
-            cfg = base_config(workdir, args.algorithm, args.threads, args.seconds)
-            cfg.batch_size, cfg.backend = batch, backend
-            summary = train(cfg)
-            row[backend] = summary["updates_per_s"]
-            row[f"{backend}_compute_us"] = 1e6 * (summary["mean_compute_s"] or float("nan"))
-            row[f"{backend}_tau"] = summary["staleness_mean"]
-        rows.append(row)
-    return rows
+    summary = train(cfg)
+    ups, compute = summary["updates_per_s"], summary["mean_compute_s"] or float("nan")
+    return {"ups": ups, "compute_us": 1e6 * compute, "overhead_us": 1e6 * (m / ups - compute),
+            "tau": summary["staleness_mean"]}
 
 
-def round_trip(d: int, n: int) -> dict:
-    """Microseconds per update: Ray exchange + pull vs local update + acquire."""
+def floor_us(calls: int) -> float:
+    """Mean round trip of an empty call from an actor on a worker node to a threaded actor on the driver's."""
     import ray
-
-    from asgd.executors.ray.server import ParameterServer
-    from asgd.store import ParameterStore
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
-    class Client:
-        def loop(self, ps, n: int) -> tuple[float, float]:
-            g = np.zeros(d, np.float32)
-            assignment = ray.get(ps.start.remote(0, 0))
-            pull = 0.0
+    class Echo:
+        def noop(self):
+            return None
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def loop(self, target, n: int) -> float:
+            for _ in range(20):
+                ray.get(target.noop.remote())
             began = time.perf_counter()
             for _ in range(n):
-                ticket, version, (ref,) = assignment
-                t = time.perf_counter()
-                params = ray.get(ref)
-                pull += time.perf_counter() - t
-                del params
-                assignment = ray.get(ps.exchange.remote(0, 0, ticket, g, version, 0.0, 0.0, 0.0))
-            return (time.perf_counter() - began) / n, pull / n
+                ray.get(target.noop.remote())
+            return (time.perf_counter() - began) / n
 
-    scales = np.full(64, -1e-6, np.float32)
-    ps = ray.remote(ParameterServer).options(num_cpus=0, max_concurrency=4).remote(
-        np.zeros(d, np.float32), "leashed", 1, scales, -1, 0, 0)
-    client = Client.remote()
-    ray.get(client.loop.remote(ps, 20))  # warm up (the server now holds ticket 20)
-    ray.kill(ps)
-    ps = ray.remote(ParameterServer).options(num_cpus=0, max_concurrency=4).remote(
-        np.zeros(d, np.float32), "leashed", 1, scales, -1, 0, 0)
-    per_update, pull = ray.get(client.loop.remote(ps, n))
-    ray.kill(ps)
+    here = ray.get_runtime_context().get_node_id()
+    others = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+    echo = Echo.options(max_concurrency=8, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        here, soft=False)).remote()
+    caller = Caller.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        (others or [here])[0], soft=False)).remote()
+    try:
+        return 1e6 * ray.get(caller.loop.remote(echo, calls))
+    finally:
+        ray.kill(caller)
+        ray.kill(echo)
 
-    store = ParameterStore(d, mode="leashed", init=np.zeros(d, np.float32))
-    g = np.zeros(d, np.float32)
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        with store.acquire() as snapshot:
-            version = snapshot.version
-        store.update(g, scales, version, -1)
-        times.append(time.perf_counter() - t)
-    store.close()
-    local = statistics.mean(times)
-    return {"d": d, "ray_us": 1e6 * per_update, "ray_pull_us": 1e6 * pull,
-            "local_us": 1e6 * local, "overhead_us": 1e6 * (per_update - local)}
+
+def one_node(args, workdir: str, rows: dict, floors: dict) -> None:
+    import ray
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.threads), include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        floors.setdefault("ray", []).append(floor_us(args.calls))
+        for batch in args.batches:
+            cfg = base_config(workdir, args, batch)
+            rows.setdefault((batch, "local"), []).append(measure(cfg, args.threads))
+            for servers in args.servers:
+                cfg = base_config(workdir, args, batch)
+                cfg.backend, cfg.ray_servers = "ray", servers
+                rows.setdefault((batch, f"ray{servers}"), []).append(measure(cfg, args.threads))
+    finally:
+        ray.shutdown()
+
+
+def two_nodes(args, workdir: str, rows: dict, floors: dict) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=max(1, args.threads // 2))
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        floors.setdefault("2-node", []).append(floor_us(args.calls))
+        for batch in args.batches:
+            for servers in args.servers:
+                cfg = base_config(workdir, args, batch)
+                cfg.backend, cfg.ray_servers = "ray", servers
+                rows.setdefault((batch, f"2-node{servers}"), []).append(measure(cfg, args.threads))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", default="16,128,1024", help="comma-separated batch sizes")
-    p.add_argument("--seconds", type=float, default=5.0, help="wall clock per run")
+    p.add_argument("--servers", default="1,2", help="comma-separated ray_servers values")
+    p.add_argument("--seconds", type=float, default=4.0, help="wall clock per run")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (medians are reported)")
     p.add_argument("--threads", type=int, default=2, help="m: worker threads / worker actors")
     p.add_argument("--algorithm", default="leashed", choices=["lock", "hogwild", "leashed", "sync"])
-    p.add_argument("--round-trips", type=int, default=500)
+    p.add_argument("--calls", type=int, default=500, help="empty calls for Ray's floor")
     args = p.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.servers = [int(s) for s in args.servers.split(",")]
 
-    import logging
-
+    from asgd.configs import default
+    from asgd.run import problem_of
     import ray
-    ray.init(num_cpus=max(os.cpu_count() or 1, args.threads), include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        from asgd.run import problem_of
-        from asgd.configs import default
-        d = problem_of(default.get_config()).layout.size
-        print(f"machine: {os.cpu_count()} CPUs; digits MLP {tuple(default.get_config().mlp_hidden)}, "
-              f"d={d}; {args.algorithm}, m={args.threads}, {args.seconds:g} s per run")
-        with tempfile.TemporaryDirectory() as workdir:
-            rows = throughput(args, workdir)
-        print(f"\n{'batch':>6} {'local upd/s':>12} {'ray upd/s':>10} {'ray/local':>9} "
-              f"{'compute us (local)':>19} {'compute us (ray)':>17} {'tau local':>9} {'tau ray':>8}")
-        for r in rows:
-            print(f"{r['batch']:>6} {r['local']:>12.0f} {r['ray']:>10.0f} {r['ray'] / r['local']:>9.2f} "
-                  f"{r['local_compute_us']:>19.0f} {r['ray_compute_us']:>17.0f} "
-                  f"{r['local_tau']:>9.2f} {r['ray_tau']:>8.2f}")
-        rt = round_trip(d, args.round_trips)
-        print(f"\nround trip per update, d={rt['d']} (no gradient; mean of {args.round_trips}):")
-        print(f"  ray exchange + pull : {rt['ray_us']:8.0f} us  (of which ray.get of the params: "
-              f"{rt['ray_pull_us']:.0f} us)")
-        print(f"  local update+acquire: {rt['local_us']:8.0f} us")
-        print(f"  actor overhead      : {rt['overhead_us']:8.0f} us per update")
-    finally:
-        ray.shutdown()
+    d = problem_of(default.get_config()).layout.size
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} / "
+          f"{os.getloadavg()[1]:.2f} (1 / 5 min) before; Ray {ray.__version__}; digits MLP "
+          f"{tuple(default.get_config().mlp_hidden)}, d={d}; {args.algorithm}, m={args.threads}, "
+          f"{args.seconds:g} s per run, median of {args.reps}", flush=True)
+    rows, floors = {}, {}
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as workdir:
+        for rep in range(args.reps):
+            setups = [one_node, two_nodes] if rep % 2 == 0 else [two_nodes, one_node]
+            for setup in setups:
+                setup(args, workdir, rows, floors)
+            print(f"  repetition {rep + 1} done ({time.monotonic() - began:.0f} s, load "
+                  f"{os.getloadavg()[0]:.2f})", flush=True)
+
+    print(f"\n{'batch':>5} {'variant':>10} {'upd/s':>7} {'x local':>7} {'grad us':>8} "
+          f"{'overhead us':>11} {'mean tau':>8}")
+    for batch in args.batches:
+        local = median(rows[(batch, "local")], "ups")
+        for variant in ["local", *(f"ray{s}" for s in args.servers), *(f"2-node{s}" for s in args.servers)]:
+            runs = rows[(batch, variant)]
+            name = variant if variant == "local" else variant[:-1] + f" S={variant[-1]}"
+            print(f"{batch:>5} {name:>10} {median(runs, 'ups'):>7.0f} {median(runs, 'ups') / local:>7.2f} "
+                  f"{median(runs, 'compute_us'):>8.0f} {median(runs, 'overhead_us'):>11.0f} "
+                  f"{median(runs, 'tau'):>8.2f}")
+    print(f"\nRay's floor, empty actor -> threaded actor call (median of {args.reps} means of "
+          f"{args.calls}): one node {statistics.median(floors['ray']):.0f} us, "
+          f"2-node {statistics.median(floors['2-node']):.0f} us")
+    print(f"load average after: {os.getloadavg()[0]:.2f} / {os.getloadavg()[1]:.2f} (1 / 5 min)")
 
 
 if __name__ == "__main__":

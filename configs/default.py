@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.ray_connect_timeout_s = 5.0  # ray: seconds to reach ray_address before failing
     c.ray_worker_cpus = 1.0       # ray: CPUs each worker actor reserves (threads * this must fit the cluster)
     c.ray_max_restarts = 3        # ray: times Ray restarts a dead worker actor, which then rejoins
+    c.ray_servers = 1             # ray: S parameter-server shards (contiguous slices of the flat vector), 1..64
+    c.ray_pulls_in_flight = 1     # ray: k asynchronous pulls a worker keeps in flight while it computes, 1..8
 
     # Optimisation.
     c.batch_size = 32             # minibatch size
