@@ -31,8 +31,9 @@ def on_ray(config, algorithm, **fields):
 
 
 @pytest.mark.parametrize("algorithm,servers", [
-    ("leashed", 1), ("sync", 1),
-    # two shards: 20-30 s each on 2 cores (twice the actors and calls)
+    ("leashed", 1),
+    # sync (rounds of m calls) and two shards (twice the actors and calls): 20-30 s each on 2 cores
+    pytest.param("sync", 1, marks=pytest.mark.slow),
     pytest.param("leashed", 2, marks=pytest.mark.slow), pytest.param("sync", 2, marks=pytest.mark.slow)])
 def test_two_workers_train_digits_to_90_percent(config, algorithm, servers):
     summary = train(on_ray(config, algorithm, num_updates=1500, ray_servers=servers))
@@ -82,7 +83,7 @@ def kill_when(run_dir, name, after_updates, killed, timeout_s=60.0):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("algorithm", ["leashed", "sync"])
+@pytest.mark.parametrize("algorithm", ["leashed", pytest.param("sync", marks=pytest.mark.slow)])  # sync: 34 s
 def test_a_killed_worker_rejoins_and_its_gradient_is_counted_lost(config, tmp_path, algorithm):
     run_dir = str(tmp_path / "killed")
     cfg = on_ray(config, algorithm, num_updates=2000, log_every=20)
