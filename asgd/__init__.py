@@ -20,3 +20,14 @@ One module per concept (see the README's layout section):
 
 __version__ = "0.1.0"
 
+import jax as _jax
+
+# XLA:CPU computations run on the calling thread. With asynchronous dispatch
+# (JAX's default) the CPU client runs them on a pool of one thread per CPU:
+# a compiled worker loop, which runs until the run stops, holds one of those
+# threads for the whole run, so with more workers than CPUs the extra workers
+# would never start (an "m = 8" run on 2 cores would be 2 workers with
+# staleness 1). On the calling thread, m workers are m OS threads that the
+# kernel time-slices, as oversubscription means. JAX reads the flag when its
+# CPU backend starts, hence here, at import, before anything is computed.
+_jax.config.update("jax_cpu_enable_async_dispatch", False)

@@ -20,15 +20,6 @@ from asgd.specs import DataSpec, ModelSpec
 
 EVAL_CHUNK = 1000
 
-# XLA:CPU computations run on the calling thread. With asynchronous dispatch
-# (JAX's default) the CPU client runs them on a pool of one thread per CPU:
-# a compiled worker loop, which runs until the run stops, holds one of those
-# threads for the whole run, so with more workers than CPUs the extra workers
-# would never start (an "m = 8" run on 2 cores would be 2 workers with
-# staleness 1). On the calling thread, m workers are m OS threads that the
-# kernel time-slices, as oversubscription means. The flag is read when JAX's
-# CPU backend starts, so this module sets it before any problem is built.
-jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
 class Problem(NamedTuple):
