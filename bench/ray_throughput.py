@@ -82,6 +82,13 @@ def floor_us(calls: int) -> float:
         ray.kill(echo)
 
 
+def measure_ray(workdir: str, args, batch: int, servers: int) -> dict:
+    """One run on the Ray this process is connected to, with ``servers`` shards."""
+    cfg = base_config(workdir, args, batch)
+    cfg.backend, cfg.ray_servers = "ray", servers
+    return measure(cfg, args.threads)
+
+
 def one_node(args, workdir: str, rows: dict, floors: dict) -> None:
     import ray
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, args.threads), include_dashboard=False,
@@ -92,9 +99,8 @@ def one_node(args, workdir: str, rows: dict, floors: dict) -> None:
             cfg = base_config(workdir, args, batch)
             rows.setdefault((batch, "local"), []).append(measure(cfg, args.threads))
             for servers in args.servers:
-                cfg = base_config(workdir, args, batch)
-                cfg.backend, cfg.ray_servers = "ray", servers
-                rows.setdefault((batch, f"ray{servers}"), []).append(measure(cfg, args.threads))
+                rows.setdefault((batch, f"ray{servers}"), []).append(
+                    measure_ray(workdir, args, batch, servers))
     finally:
         ray.shutdown()
 
@@ -111,9 +117,8 @@ def two_nodes(args, workdir: str, rows: dict, floors: dict) -> None:
         floors.setdefault("2-node", []).append(floor_us(args.calls))
         for batch in args.batches:
             for servers in args.servers:
-                cfg = base_config(workdir, args, batch)
-                cfg.backend, cfg.ray_servers = "ray", servers
-                rows.setdefault((batch, f"2-node{servers}"), []).append(measure(cfg, args.threads))
+                rows.setdefault((batch, f"2-node{servers}"), []).append(
+                    measure_ray(workdir, args, batch, servers))
     finally:
         ray.shutdown()
         cluster.shutdown()

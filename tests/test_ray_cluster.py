@@ -19,6 +19,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from asgd import metrics  # noqa: E402
 from asgd.executors.ray.server import TICKETS_HELD  # noqa: E402
 from asgd.run import train  # noqa: E402
+from test_ray import on_ray  # noqa: E402  (tests/ is on sys.path under pytest)
 
 # A removed node is declared dead after about 3 missed health checks of 0.5 s.
 FAST_NODE_FAILURE = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
@@ -39,10 +40,7 @@ def cluster():
 
 
 def on_cluster(config, algorithm, **fields):
-    config.backend, config.algorithm, config.threads = "ray", algorithm, 2
-    for key, value in fields.items():
-        config[key] = value
-    return config
+    return on_ray(config, algorithm, **fields)   # the same run, on the cluster's Ray
 
 
 def worker_node_ids(cluster, nodes):
