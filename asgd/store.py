@@ -234,15 +234,8 @@ class Attempt:
         it must be aborted."""
         if not self._open:
             raise StoreError("attempt is not open")
-        r = _lib.pstore_commit(self._store._h, self._a, int(bool(rebase)), self._prefill)
-        if r < 0:
-            _raise(r, "commit")
-        if r == 1:
-            self._open = False
-            self.base = self.out = None
-            return True
-        self._refresh()
-        return False
+        return self._committed(
+            _lib.pstore_commit(self._store._h, self._a, int(bool(rebase)), self._prefill))
 
     def commit_segments(self, segments, rebase: bool = True) -> bool:
         """Commit the new vector given as float32 segments concatenating to d
@@ -251,7 +244,11 @@ class Attempt:
         if not self._open:
             raise StoreError("attempt is not open")
         segs, lens, n = self._store._segments(segments)
-        r = _lib.pstore_commit_segments(self._store._h, self._a, segs, lens, n, int(bool(rebase)))
+        return self._committed(
+            _lib.pstore_commit_segments(self._store._h, self._a, segs, lens, n, int(bool(rebase))))
+
+    def _committed(self, r: int) -> bool:
+        """A commit's C result: closed on success, moved onto the new latest otherwise."""
         if r < 0:
             _raise(r, "commit")
         if r == 1:
